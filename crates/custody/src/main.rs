@@ -1,0 +1,48 @@
+//! `custody`: the single user-facing binary.
+//!
+//! Every subcommand lives in its own module under `cmd/`; this file only parses the command line, sets up logging and
+//! turns an error into its printed cause chain and exit code (see README, "Exit codes").
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "custody", version, about = "Secure update delivery for fleets of Linux devices")]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax); also read from CUSTODY_LOG.
+    #[arg(long, global = true, env = "CUSTODY_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Low-level TUF client (the tuf-conformance client protocol).
+    Tuf(cmd::tuf::Args),
+    /// The publisher's repository tool: keys, targets, delegations, signing.
+    #[command(subcommand)]
+    Repo(cmd::repo::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Tuf(args) => cmd::tuf::run(args),
+        Command::Repo(command) => cmd::repo::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            cmd::report(&err);
+            ExitCode::from(cmd::EXIT_FAILURE)
+        }
+    }
+}

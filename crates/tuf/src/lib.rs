@@ -1,0 +1,34 @@
+//! The sans-I/O core of custody's signed metadata: The Update Framework (TUF) 1.0.
+//!
+//! Bytes and a reference time go in, verified values come out; this crate opens no socket, touches no file and reads
+//! no clock. The I/O edges (the client in `custody-client`, the repository tool in `custody-repo`) drive it.
+//!
+//! The flow of trust:
+//! - [`Metadata`] is what a parser made of untrusted bytes: its signatures have not been checked.
+//! - [`TrustedSet`] runs the TUF client workflow (specification §5) over such bytes and only keeps metadata that
+//!   passed every check; it hands out [`Verified`] references, which nothing outside this crate can construct.
+//! - [`TargetSearch`] walks the delegation graph in the specification's pre-order depth-first order, asking its driver
+//!   to load one delegated role at a time, and ends with a [`TrustedTarget`]: the signed length, hashes and custom
+//!   metadata of one target path.
+//! - [`TrustedTarget::verify`] turns downloaded bytes into a [`VerifiedContent`] only when length and every hash
+//!   match.
+
+mod canonical;
+mod error;
+mod keys;
+mod metadata;
+mod search;
+mod trusted;
+
+pub use canonical::to_canonical_json;
+pub use error::Error;
+pub use keys::{Key, KeyVal, PrivateKey, PrivateKeyKind};
+pub use metadata::{
+    DelegatedRole, Delegations, Hashes, Metadata, MetaFile, Role, RoleType, Root, Signature, Signed, Snapshot,
+    SuccinctRoles, TargetFile, Targets, Timestamp, parse_expires, format_expires,
+};
+pub use search::{SearchStep, TargetSearch};
+pub use trusted::{RoleLimits, TrustedSet, TrustedTarget, Verified, VerifiedContent};
+
+/// The TUF specification version this crate writes, and whose major version it accepts.
+pub const SPEC_VERSION: &str = "1.0.34";

@@ -1,0 +1,76 @@
+//! Target search over the delegation graph: pre-order, depth first, in listed order, loading roles lazily.
+
+use std::collections::HashSet;
+
+use crate::{Error, TrustedSet, TrustedTarget};
+
+/// What a [`TargetSearch`] needs next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchStep {
+    /// Load `role` (local copy first, else download), passing it to
+    /// [`TrustedSet::update_delegated_targets`] with this `delegator`; then call [`TargetSearch::step`] again.
+    Load { role: String, delegator: String },
+    /// A trusted role lists the target.
+    Found(TrustedTarget),
+    /// No role that may sign this path lists it.
+    NotFound,
+    /// The search visited this many roles without an answer and gave up (a bound against hostile delegation graphs).
+    TooManyRoles(usize),
+}
+
+/// A lazy walk of the delegation graph for one target path.
+#[derive(Debug)]
+pub struct TargetSearch {
+    path: String,
+    /// Stack of (role, delegator) still to visit; the top is visited next.
+    to_visit: Vec<(String, String)>,
+    visited: HashSet<(String, String)>,
+    max_roles: usize,
+}
+
+impl TargetSearch {
+    /// Starts at the top-level targets role; at most `max_roles` roles are visited.
+    pub fn new(path: &str, max_roles: usize) -> Self {
+        Self {
+            path: path.to_owned(),
+            to_visit: vec![("targets".to_owned(), "root".to_owned())],
+            visited: HashSet::new(),
+            max_roles,
+        }
+    }
+
+    /// Advances the search as far as the trusted set allows.
+    pub fn step(&mut self, trusted: &mut TrustedSet) -> Result<SearchStep, Error> {
+        while let Some((role, delegator)) = self.to_visit.last().cloned() {
+            if self.visited.len() >= self.max_roles {
+                return Ok(SearchStep::TooManyRoles(self.max_roles));
+            }
+            if self.visited.contains(&(role.clone(), delegator.clone())) {
+                self.to_visit.pop();
+                continue;
+            }
+            if !trusted.is_trusted_via(&role, &delegator)? {
+                return Ok(SearchStep::Load { role, delegator });
+            }
+            self.to_visit.pop();
+            // Invariant: `is_trusted_via` returned true, so the role is loaded.
+            let targets = trusted.targets(&role).expect("role is loaded");
+            if let Some(file) = targets.targets.get(&self.path) {
+                return Ok(SearchStep::Found(TrustedTarget { path: self.path.clone(), role, file: file.clone() }));
+            }
+            let children = targets.delegations.as_ref().map(|d| d.roles_for_target(&self.path)).unwrap_or_default();
+            self.visited.insert((role.clone(), delegator));
+            let mut next = Vec::new();
+            for (child, terminating) in children {
+                next.push((child, role.clone()));
+                if terminating {
+                    self.to_visit.clear();
+                    break;
+                }
+            }
+            self.to_visit.extend(next.into_iter().rev());
+        }
+        Ok(SearchStep::NotFound)
+    }
+}
+
