@@ -18,6 +18,7 @@ mod error;
 mod keys;
 mod metadata;
 mod search;
+pub mod snapshot_merkle;
 mod trusted;
 
 pub use canonical::to_canonical_json;
