@@ -71,8 +71,9 @@ impl Key {
                 return Err(Error::UnsupportedKey(format!("keytype {keytype:?} with scheme {scheme:?}")));
             }
         };
-        let spki = SubjectPublicKeyInfoDer::from_pem_slice(self.keyval.public.as_bytes())
-            .map_err(|e| Error::BadKey(format!("{} public key is not a PEM SubjectPublicKeyInfo: {e}", self.keytype)))?;
+        let spki = SubjectPublicKeyInfoDer::from_pem_slice(self.keyval.public.as_bytes()).map_err(|e| {
+            Error::BadKey(format!("{} public key is not a PEM SubjectPublicKeyInfo: {e}", self.keytype))
+        })?;
         Ok((algorithm, spki.as_ref().to_vec()))
     }
 }

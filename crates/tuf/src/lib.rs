@@ -25,8 +25,8 @@ pub use canonical::to_canonical_json;
 pub use error::Error;
 pub use keys::{Key, KeyVal, PrivateKey, PrivateKeyKind};
 pub use metadata::{
-    DelegatedRole, Delegations, Hashes, Metadata, MetaFile, Role, RoleType, Root, Signature, Signed, Snapshot,
-    SuccinctRoles, TargetFile, Targets, Timestamp, parse_expires, format_expires,
+    DelegatedRole, Delegations, Hashes, MetaFile, Metadata, Role, RoleType, Root, Signature, Signed, Snapshot,
+    SuccinctRoles, TargetFile, Targets, Timestamp, format_expires, parse_expires,
 };
 pub use search::{SearchStep, TargetSearch};
 pub use trusted::{RoleLimits, TrustedSet, TrustedTarget, Verified, VerifiedContent};

@@ -312,10 +312,10 @@ pub(crate) fn verify_length_and_hashes(
     length: Option<u64>,
     hashes: Option<&Hashes>,
 ) -> Result<(), Error> {
-    if let Some(expected) = length {
-        if data.len() as u64 != expected {
-            return Err(Error::LengthMismatch { what: what.to_owned(), expected, found: data.len() as u64 });
-        }
+    if let Some(expected) = length
+        && data.len() as u64 != expected
+    {
+        return Err(Error::LengthMismatch { what: what.to_owned(), expected, found: data.len() as u64 });
     }
     for (algorithm, expected) in hashes.into_iter().flatten() {
         let alg = match algorithm.as_str() {
@@ -544,11 +544,7 @@ impl Delegations {
     /// The roles delegated `target_path`, in listed order, each with its `terminating` flag.
     pub fn roles_for_target(&self, target_path: &str) -> Vec<(String, bool)> {
         if let Some(roles) = &self.roles {
-            roles
-                .iter()
-                .filter(|r| r.is_delegated_path(target_path))
-                .map(|r| (r.name.clone(), r.terminating))
-                .collect()
+            roles.iter().filter(|r| r.is_delegated_path(target_path)).map(|r| (r.name.clone(), r.terminating)).collect()
         } else if let Some(succinct) = &self.succinct_roles {
             vec![(succinct.role_for_target(target_path), true)]
         } else {

@@ -73,4 +73,3 @@ impl TargetSearch {
         Ok(SearchStep::NotFound)
     }
 }
-

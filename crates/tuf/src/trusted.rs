@@ -10,7 +10,7 @@ use std::ops::Deref;
 use jiff::Timestamp;
 
 use crate::metadata::verify_length_and_hashes;
-use crate::{Error, Metadata, Root, RoleType, Signed, Snapshot, TargetFile, Targets};
+use crate::{Error, Metadata, RoleType, Root, Signed, Snapshot, TargetFile, Targets};
 
 /// Size caps and counts that bound what a client downloads and visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,11 @@ impl TrustedSet {
             }
             let (old_snap, new_snap) = (trusted.snapshot_meta().version, new.signed().snapshot_meta().version);
             if new_snap < old_snap {
-                return Err(Error::Rollback { role: "snapshot (in timestamp)".into(), trusted: old_snap, found: new_snap });
+                return Err(Error::Rollback {
+                    role: "snapshot (in timestamp)".into(),
+                    trusted: old_snap,
+                    found: new_snap,
+                });
             }
         }
         self.timestamp = Some(Verified { metadata: new });
@@ -237,10 +241,15 @@ impl TrustedSet {
         let new = Metadata::<Targets>::from_bytes(bytes, role)?;
         self.check_delegation(role, delegator, &new)?;
         if new.signed().version != meta.version {
-            return Err(Error::VersionMismatch { role: role.into(), expected: meta.version, found: new.signed().version });
+            return Err(Error::VersionMismatch {
+                role: role.into(),
+                expected: meta.version,
+                found: new.signed().version,
+            });
         }
         self.check_not_expired(new.signed())?;
-        let entry = TrustedTargets { targets: Verified { metadata: new }, verified_by: BTreeSet::from([delegator.to_owned()]) };
+        let entry =
+            TrustedTargets { targets: Verified { metadata: new }, verified_by: BTreeSet::from([delegator.to_owned()]) };
         let slot = match self.targets.entry(role.to_owned()) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 o.insert(entry);
@@ -312,7 +321,12 @@ pub struct TrustedTarget {
 impl TrustedTarget {
     /// Checks downloaded bytes against the signed length and every signed hash.
     pub fn verify(&self, data: Vec<u8>) -> Result<VerifiedContent, Error> {
-        verify_length_and_hashes(&format!("target {}", self.path), &data, Some(self.file.length), Some(&self.file.hashes))?;
+        verify_length_and_hashes(
+            &format!("target {}", self.path),
+            &data,
+            Some(self.file.length),
+            Some(&self.file.hashes),
+        )?;
         Ok(VerifiedContent { target: self.clone(), data })
     }
 

@@ -1,0 +1,25 @@
+//! The TUF client's I/O edge: drives the sans-I/O [`custody_tuf::TrustedSet`] with bytes from a [`Fetcher`] and a
+//! local metadata directory, following the client workflow of the TUF specification (§5).
+//!
+//! - Trusted metadata is persisted exactly as received, under unversioned names (`root.json`, `timestamp.json`,
+//!   `snapshot.json`, `targets.json`, `<percent-encoded role>.json`), written atomically.
+//! - Every download is capped: by the length that signed metadata gives, else by [`RoleLimits`].
+//! - Delegated roles are loaded lazily, in the order a target search needs them.
+
+mod error;
+mod fetch;
+mod store;
+mod updater;
+
+pub use custody_tuf::RoleLimits;
+pub use error::Error;
+pub use fetch::{FetchError, Fetcher, HttpFetcher};
+pub use store::MetadataDir;
+pub use updater::{Updater, UpdaterConfig};
+
+/// Percent-encodes a role name for a URL or a file name: everything but ASCII letters, digits and `-._~`.
+pub fn encode_role(role: &str) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(role, SET).to_string()
+}

@@ -1,0 +1,64 @@
+//! The local metadata directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, encode_role};
+
+/// Trusted metadata on disk, one file per role under its unversioned name.
+#[derive(Debug, Clone)]
+pub struct MetadataDir {
+    dir: PathBuf,
+}
+
+impl MetadataDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of `role` (percent-encoded, so no role name can leave the directory).
+    pub fn role_path(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", encode_role(role)))
+    }
+
+    /// The stored bytes of `role`, if any.
+    pub fn load(&self, role: &str) -> Result<Option<Vec<u8>>, Error> {
+        let path = self.role_path(role);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Io { action: "read", path, source }),
+        }
+    }
+
+    /// Stores `bytes` as `role`, atomically: a reader sees the old file or the new one, never a mix.
+    pub fn persist(&self, role: &str, bytes: &[u8]) -> Result<(), Error> {
+        write_atomic(&self.role_path(role), bytes)
+    }
+}
+
+/// Writes a file by way of a temporary file in the same directory, fsync, and rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io = |action, source| Error::Io { action, path: path.to_owned(), source };
+    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;
+    file.write_all(bytes).map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Persisting the rename is best effort: some file systems refuse fsync on a directory.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

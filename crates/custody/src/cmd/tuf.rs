@@ -1,0 +1,77 @@
+//! `custody tuf`: a low-level TUF client speaking the command-line protocol of the tuf-conformance suite
+//! (CLIENT-CLI.md): `init`, `refresh` and `download`, exit code 0 on full success and 1 on any failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use custody_client::{HttpFetcher, RoleLimits, Updater, UpdaterConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory of trusted metadata.
+    #[arg(long)]
+    metadata_dir: PathBuf,
+    /// Base URL of the repository's metadata.
+    #[arg(long)]
+    metadata_url: Option<String>,
+    /// Target path to download (repeatable; processed in order).
+    #[arg(long = "target-name")]
+    target_names: Vec<String>,
+    /// Base URL of the repository's targets.
+    #[arg(long)]
+    target_base_url: Option<String>,
+    /// Directory to store downloaded targets in.
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+    /// More logging (same as --log debug).
+    #[arg(short, long)]
+    verbose: bool,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Trust ROOT as the initial root (no network).
+    Init { root: PathBuf },
+    /// Update the top-level metadata.
+    Refresh,
+    /// Refresh, then download and verify each --target-name into --target-dir.
+    Download,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Action::Init { root } = &args.action {
+        let bytes = std::fs::read(root).with_context(|| format!("cannot read trusted root {}", root.display()))?;
+        std::fs::create_dir_all(&args.metadata_dir)
+            .with_context(|| format!("cannot create {}", args.metadata_dir.display()))?;
+        custody_client::MetadataDir::new(&args.metadata_dir).persist("root", &bytes)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let metadata_url = args.metadata_url.clone().context("--metadata-url is required")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().context("cannot build the HTTP client")?;
+        let fetcher = HttpFetcher::new(client, Duration::from_secs(60));
+        let config =
+            UpdaterConfig { metadata_dir: args.metadata_dir.clone(), metadata_url, limits: RoleLimits::default() };
+        let mut updater = Updater::new(config, fetcher, jiff::Timestamp::now())?;
+        updater.refresh().await.context("refresh failed")?;
+        if let Action::Download = args.action {
+            let base = args.target_base_url.as_deref().context("--target-base-url is required")?;
+            let dir = args.target_dir.as_deref().context("--target-dir is required")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for name in &args.target_names {
+                let target = updater.target_info(name).await.with_context(|| format!("cannot resolve {name:?}"))?;
+                let path = updater
+                    .fetch_target_into(&target, base, dir)
+                    .await
+                    .with_context(|| format!("cannot download {name:?}"))?;
+                tracing::info!(target = name, path = %path.display(), "downloaded");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
