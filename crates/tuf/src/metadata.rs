@@ -139,16 +139,21 @@ impl<T: Signed> Metadata<T> {
         self.signatures.push(signature);
     }
 
-    /// The envelope as JSON bytes: `signed` in canonical form, so that what is stored is exactly what was signed.
+    /// The envelope as JSON bytes (compact, keys sorted).
+    ///
+    /// `signed` is written as ordinary JSON rather than as its canonical form: canonical JSON leaves control
+    /// characters (such as the newlines of a PEM key) unescaped, which other JSON parsers refuse. Verifiers
+    /// canonicalise what they parse, so the signatures hold either way.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.canonical_signed.len() + 200 * self.signatures.len() + 32);
-        out.extend_from_slice(b"{\"signatures\":");
-        // Invariant: signatures hold only strings and JSON values that were parsed or built without floats.
-        out.extend_from_slice(&serde_json::to_vec(&self.signatures).expect("signatures serialise"));
-        out.extend_from_slice(b",\"signed\":");
-        out.extend_from_slice(&self.canonical_signed);
-        out.push(b'}');
-        out
+        #[derive(Serialize)]
+        struct Envelope<'a, T> {
+            signatures: &'a [Signature],
+            signed: &'a T,
+        }
+        // Invariant: `new` or `from_bytes` already serialised `signed` to canonical JSON, which is stricter than
+        // JSON (no floats), and signatures hold only strings and JSON values.
+        serde_json::to_vec(&Envelope { signatures: &self.signatures, signed: &self.signed })
+            .expect("metadata serialises")
     }
 
     /// Checks that at least `threshold` of `keyids` have a valid signature; each key id counts once.
@@ -749,6 +754,37 @@ impl SuccinctRoles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_and_pem_keys_survive_a_round_trip() {
+        let key = PrivateKey::generate(crate::PrivateKeyKind::EcdsaP256).unwrap();
+        let json = serde_json::json!({
+            "signatures": [],
+            "signed": {
+                "_type": "root", "spec_version": "1.0.31", "version": 1, "expires": "2030-01-01T00:00:00Z",
+                "consistent_snapshot": true, "x-custom": {"nested": [1, "two"]},
+                "keys": {"k": key.public()},
+                "roles": {
+                    "root": {"keyids": ["k"], "threshold": 1, "x-role": true},
+                    "timestamp": {"keyids": ["k"], "threshold": 1},
+                    "snapshot": {"keyids": ["k"], "threshold": 1},
+                    "targets": {"keyids": ["k"], "threshold": 1}
+                }
+            }
+        });
+        let first = Metadata::<Root>::from_bytes(&serde_json::to_vec(&json).unwrap(), "root").unwrap();
+        let mut signed = first.clone();
+        signed.sign(&key).unwrap();
+        let second = Metadata::<Root>::from_bytes(&signed.to_bytes(), "root").unwrap();
+        assert_eq!(first.canonical_signed(), second.canonical_signed());
+        assert!(second.check_signatures("root", &second.signed().keys, &["k".into()], 1).is_err(), "keyid differs");
+        let keyid = key.key_id();
+        assert!(
+            second
+                .check_signatures("root", &BTreeMap::from([(keyid.clone(), key.public().clone())]), &[keyid], 1)
+                .is_ok()
+        );
+    }
 
     #[test]
     fn fnmatch_segments() {
