@@ -17,9 +17,4 @@ pub use fetch::{FetchError, Fetcher, HttpFetcher};
 pub use store::MetadataDir;
 pub use updater::{Updater, UpdaterConfig};
 
-/// Percent-encodes a role name for a URL or a file name: everything but ASCII letters, digits and `-._~`.
-pub fn encode_role(role: &str) -> String {
-    const SET: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-    percent_encoding::utf8_percent_encode(role, SET).to_string()
-}
+pub use custody_tuf::encode_path_segment as encode_role;

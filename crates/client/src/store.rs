@@ -35,6 +35,31 @@ impl MetadataDir {
         }
     }
 
+    /// Snapshot proofs stored by [`MetadataDir::persist_proof`], as (file name, bytes).
+    pub fn load_proofs(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let dir = self.dir.join("merkle");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(Error::Io { action: "list", path: dir, source }),
+        };
+        let mut proofs = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|source| Error::Io { action: "list", path: dir.clone(), source })?.path();
+            if path.extension().is_some_and(|e| e == "proof") {
+                let bytes =
+                    std::fs::read(&path).map_err(|source| Error::Io { action: "read", path: path.clone(), source })?;
+                proofs.push((path.file_stem().unwrap_or_default().to_string_lossy().into_owned(), bytes));
+            }
+        }
+        Ok(proofs)
+    }
+
+    /// Stores the snapshot proof of `file` (a private sub-directory: the top level holds only TUF metadata).
+    pub fn persist_proof(&self, file: &str, bytes: &[u8]) -> Result<(), Error> {
+        write_atomic(&self.dir.join("merkle").join(format!("{}.proof", encode_role(file))), bytes)
+    }
+
     /// Stores `bytes` as `role`, atomically: a reader sees the old file or the new one, never a mix.
     pub fn persist(&self, role: &str, bytes: &[u8]) -> Result<(), Error> {
         write_atomic(&self.role_path(role), bytes)

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use custody_tuf::{RoleLimits, SearchStep, TargetSearch, TrustedSet, TrustedTarget, VerifiedContent};
+use custody_tuf::snapshot_merkle::proof_url_path;
+use custody_tuf::{
+    ListingStep, RoleLimits, SearchStep, TargetListing, TargetSearch, TrustedSet, TrustedTarget, VerifiedContent,
+};
 use tracing::{debug, info};
 
 use crate::store::write_atomic;
@@ -16,6 +19,10 @@ pub struct UpdaterConfig {
     /// Base URL of the repository's metadata; a trailing `/` is added if missing.
     pub metadata_url: String,
     pub limits: RoleLimits,
+    /// When the timestamp commits to a snapshot Merkle tree, prove the version of each targets role needed instead of
+    /// downloading the whole snapshot (see `custody_tuf::snapshot_merkle`). Falls back to the full snapshot for
+    /// repositories that publish no tree.
+    pub snapshot_proofs: bool,
 }
 
 /// A TUF client for one repository.
@@ -25,6 +32,7 @@ pub struct Updater<F> {
     store: MetadataDir,
     metadata_url: String,
     limits: RoleLimits,
+    snapshot_proofs: bool,
     trusted: TrustedSet,
     refreshed: bool,
 }
@@ -39,7 +47,15 @@ impl<F: Fetcher> Updater<F> {
         if !metadata_url.ends_with('/') {
             metadata_url.push('/');
         }
-        Ok(Self { fetcher, store, metadata_url, limits: config.limits, trusted, refreshed: false })
+        Ok(Self {
+            fetcher,
+            store,
+            metadata_url,
+            limits: config.limits,
+            snapshot_proofs: config.snapshot_proofs,
+            trusted,
+            refreshed: false,
+        })
     }
 
     pub fn trusted(&self) -> &TrustedSet {
@@ -74,8 +90,10 @@ impl<F: Fetcher> Updater<F> {
     async fn load_timestamp(&mut self) -> Result<(), Error> {
         if let Some(local) = self.store.load("timestamp")? {
             // A local timestamp that no longer verifies (keys rotated, expired) is only not used as final.
-            if let Err(e) = self.trusted.update_timestamp(&local) {
-                debug!("local timestamp is not valid as final: {e}");
+            match self.trusted.update_timestamp(&local) {
+                Ok(()) if self.snapshot_proofs => self.load_local_proofs()?,
+                Ok(()) => {}
+                Err(e) => debug!("local timestamp is not valid as final: {e}"),
             }
         }
         let url = format!("{}timestamp.json", self.metadata_url);
@@ -94,7 +112,26 @@ impl<F: Fetcher> Updater<F> {
         }
     }
 
+    /// Proofs stored by earlier cycles: those made for the local timestamp are current for it, and set the floor
+    /// below which no newer proof may go.
+    fn load_local_proofs(&mut self) -> Result<(), Error> {
+        for (name, bytes) in self.store.load_proofs()? {
+            if let Err(e) = self.trusted.update_snapshot_proof(&bytes) {
+                debug!(name, "stored snapshot proof is not current: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn uses_proofs(&self) -> bool {
+        self.snapshot_proofs && self.trusted.snapshot_commitment().is_some()
+    }
+
     async fn load_snapshot(&mut self) -> Result<(), Error> {
+        if self.uses_proofs() {
+            debug!("timestamp commits to a snapshot tree: proving targets roles one by one");
+            return Ok(());
+        }
         if let Some(local) = self.store.load("snapshot")? {
             match self.trusted.update_snapshot(&local, true) {
                 Ok(()) => {
@@ -119,21 +156,36 @@ impl<F: Fetcher> Updater<F> {
         if self.trusted.is_trusted_via(role, delegator)? {
             return Ok(());
         }
+        let file = format!("{role}.json");
+        if self.trusted.snapshot_entry(&file).is_none() && self.uses_proofs() {
+            self.load_proof(&file).await?;
+        }
         if let Some(local) = self.store.load(role)? {
             match self.trusted.update_delegated_targets(&local, role, delegator) {
                 Ok(_) => return Ok(()),
                 Err(e) => debug!(role, "local copy is not valid: {e}"),
             }
         }
-        // Invariant: `load_snapshot` succeeded, so a snapshot is trusted.
-        let snapshot = self.trusted.snapshot().expect("snapshot is loaded");
-        let file = format!("{role}.json");
-        let meta = snapshot.meta.get(&file).ok_or_else(|| custody_tuf::Error::NotInSnapshot(file.clone()))?;
+        let meta = self.trusted.snapshot_entry(&file).ok_or_else(|| custody_tuf::Error::NotInSnapshot(file.clone()))?;
         let length = meta.length.unwrap_or(self.limits.targets_max_length);
         let url = self.role_url(role, meta.version);
         let bytes = self.fetcher.fetch(&url, length).await?.ok_or_else(|| Error::Missing(url.clone()))?;
         self.trusted.update_delegated_targets(&bytes, role, delegator)?;
         self.store.persist(role, &bytes)
+    }
+
+    /// Downloads, checks and stores the snapshot proof of `file`.
+    async fn load_proof(&mut self, file: &str) -> Result<(), Error> {
+        // Invariant: `uses_proofs` held, which needs a trusted timestamp.
+        let version = self.trusted.timestamp().expect("timestamp is loaded").snapshot_meta().version;
+        let url = format!("{}{}", self.metadata_url, proof_url_path(version, file));
+        let bytes = self
+            .fetcher
+            .fetch(&url, self.limits.snapshot_proof_max_length)
+            .await?
+            .ok_or_else(|| Error::Missing(url.clone()))?;
+        self.trusted.update_snapshot_proof(&bytes)?;
+        self.store.persist_proof(file, &bytes)
     }
 
     fn role_url(&self, role: &str, version: u64) -> String {
@@ -156,6 +208,21 @@ impl<F: Fetcher> Updater<F> {
                 SearchStep::Found(target) => return Ok(target),
                 SearchStep::NotFound => return Err(Error::TargetNotFound(path.to_owned())),
                 SearchStep::TooManyRoles(limit) => return Err(Error::TooManyRoles { path: path.to_owned(), limit }),
+            }
+        }
+    }
+
+    /// Every target under the catalog directory `dir` (a product), loading only the roles that can hold it.
+    pub async fn list_targets(&mut self, dir: &str) -> Result<Vec<TrustedTarget>, Error> {
+        if !self.refreshed {
+            self.refresh().await?;
+        }
+        let mut listing = TargetListing::new(dir, self.limits.max_listing_roles);
+        loop {
+            match listing.step(&mut self.trusted)? {
+                ListingStep::Load { role, delegator } => self.load_targets(&role, &delegator).await?,
+                ListingStep::Done(targets) => return Ok(targets),
+                ListingStep::TooManyRoles(limit) => return Err(Error::TooManyRoles { path: format!("{dir}/"), limit }),
             }
         }
     }

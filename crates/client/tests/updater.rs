@@ -24,6 +24,7 @@ impl Client {
             metadata_dir: self.dir.path().to_owned(),
             metadata_url: format!("{}/metadata", server.base),
             limits,
+            snapshot_proofs: false,
         };
         Updater::new(config, fetcher, jiff::Timestamp::now()).unwrap()
     }

@@ -28,8 +28,16 @@ pub use metadata::{
     DelegatedRole, Delegations, Hashes, MetaFile, Metadata, Role, RoleType, Root, Signature, Signed, Snapshot,
     SuccinctRoles, TargetFile, Targets, Timestamp, format_expires, parse_expires,
 };
-pub use search::{SearchStep, TargetSearch};
+pub use search::{ListingStep, SearchStep, TargetListing, TargetSearch};
 pub use trusted::{RoleLimits, TrustedSet, TrustedTarget, Verified, VerifiedContent};
+
+/// Percent-encodes a role name (or file name) for use as one URL path segment or one local file name: everything but
+/// ASCII letters, digits and `-._~` is escaped, so `/` and `?` can neither leave a directory nor end a path.
+pub fn encode_path_segment(name: &str) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(name, SET).to_string()
+}
 
 /// The TUF specification version this crate writes, and whose major version it accepts.
 pub const SPEC_VERSION: &str = "1.0.34";

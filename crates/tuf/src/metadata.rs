@@ -557,6 +557,33 @@ impl Delegations {
         }
     }
 
+    /// The roles that may hold targets under the top-level directory `dir`, in listed order: those with a path
+    /// pattern whose first segment matches `dir` (and more than one segment), all hash-prefix roles, all bins.
+    pub fn roles_for_dir(&self, dir: &str) -> Vec<String> {
+        if let Some(roles) = &self.roles {
+            roles
+                .iter()
+                .filter(|r| match (&r.paths, &r.path_hash_prefixes) {
+                    (Some(patterns), _) => patterns.iter().any(|p| {
+                        p.split_once('/').is_some_and(|(first, _)| {
+                            let first: Vec<char> = first.chars().collect();
+                            let dir: Vec<char> = dir.chars().collect();
+                            fnmatch(&first, &dir)
+                        })
+                    }),
+                    (None, Some(_)) => true,
+                    (None, None) => false,
+                })
+                .map(|r| r.name.clone())
+                .collect()
+        } else if let Some(succinct) = &self.succinct_roles {
+            let width = succinct.suffix_len();
+            (0..(1u64 << succinct.bit_length)).map(|bin| format!("{}-{:0width$x}", succinct.name_prefix, bin)).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The key ids and threshold that `role_name` must be signed with, if this delegates it.
     pub fn role_keys(&self, role_name: &str) -> Option<(&[String], u32)> {
         if let Some(roles) = &self.roles {

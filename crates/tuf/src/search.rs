@@ -73,3 +73,73 @@ impl TargetSearch {
         Ok(SearchStep::NotFound)
     }
 }
+
+/// What a [`TargetListing`] needs next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListingStep {
+    /// Load this role as for [`SearchStep::Load`], then call [`TargetListing::step`] again.
+    Load { role: String, delegator: String },
+    /// Every target under the directory, each as the delegation search resolves it.
+    Done(Vec<TrustedTarget>),
+    /// More roles than allowed would have to be visited.
+    TooManyRoles(usize),
+}
+
+/// Lists every target under a top-level directory (`<dir>/...`, e.g. one product of the catalog), loading only
+/// the roles whose delegations can hold such paths.
+///
+/// Each candidate path is then resolved by an ordinary [`TargetSearch`], so a listed target is exactly what a
+/// lookup of that path would return: a role that lists paths outside its delegation cannot inject them.
+#[derive(Debug)]
+pub struct TargetListing {
+    dir: String,
+    to_visit: Vec<(String, String)>,
+    visited: HashSet<(String, String)>,
+    candidates: std::collections::BTreeSet<String>,
+    max_roles: usize,
+}
+
+impl TargetListing {
+    pub fn new(dir: &str, max_roles: usize) -> Self {
+        Self {
+            dir: dir.trim_end_matches('/').to_owned(),
+            to_visit: vec![("targets".to_owned(), "root".to_owned())],
+            visited: HashSet::new(),
+            candidates: Default::default(),
+            max_roles,
+        }
+    }
+
+    pub fn step(&mut self, trusted: &mut TrustedSet) -> Result<ListingStep, Error> {
+        while let Some((role, delegator)) = self.to_visit.last().cloned() {
+            if self.visited.contains(&(role.clone(), delegator.clone())) {
+                self.to_visit.pop();
+                continue;
+            }
+            if self.visited.len() >= self.max_roles {
+                return Ok(ListingStep::TooManyRoles(self.max_roles));
+            }
+            if !trusted.is_trusted_via(&role, &delegator)? {
+                return Ok(ListingStep::Load { role, delegator });
+            }
+            self.to_visit.pop();
+            // Invariant: `is_trusted_via` returned true, so the role is loaded.
+            let targets = trusted.targets(&role).expect("role is loaded");
+            let prefix = format!("{}/", self.dir);
+            self.candidates.extend(targets.targets.keys().filter(|p| p.starts_with(&prefix)).cloned());
+            let children = targets.delegations.as_ref().map(|d| d.roles_for_dir(&self.dir)).unwrap_or_default();
+            self.visited.insert((role.clone(), delegator));
+            self.to_visit.extend(children.into_iter().rev().map(|child| (child, role.clone())));
+        }
+        let mut found = Vec::with_capacity(self.candidates.len());
+        for path in &self.candidates {
+            let mut search = TargetSearch::new(path, usize::MAX);
+            // Every role a search can need was loaded above, unless a delegation path pattern only matches deeper
+            // paths than the listing considered; such a candidate is left out rather than fetched.
+            if let SearchStep::Found(target) = search.step(trusted)? {
+                found.push(target);
+            }
+        }
+        Ok(ListingStep::Done(found))
+    }
+}

@@ -6,7 +6,7 @@
 //! moves up unchanged). Timestamp signs the tree's root in an extra field of its `signed` object,
 //! [`TIMESTAMP_FIELD`]`: {"root": hex, "leaves": count}`, which standard TUF clients ignore (unknown fields survive
 //! and are signed). For each entry the repository publishes a [`SnapshotProof`] at
-//! `merkle/<snapshot version>/<percent-encoded role>.json`. Standard clients keep reading the full snapshot.
+//! `merkle/<snapshot version>/<role>.json`. Standard clients keep reading the full snapshot.
 
 use std::collections::BTreeMap;
 
@@ -157,10 +157,16 @@ impl SnapshotTree {
     }
 }
 
-/// The published path of a proof, relative to the metadata directory.
+/// Where a proof is published, relative to the metadata directory, as a file path (the file name as is).
+///
+/// The repository must refuse role names that are not plain file names (`/`, `..`) before writing here.
 pub fn proof_path(snapshot_version: u64, file_name: &str) -> String {
-    let encoded = percent_encoding::utf8_percent_encode(file_name, percent_encoding::NON_ALPHANUMERIC);
-    format!("merkle/{snapshot_version}/{encoded}")
+    format!("merkle/{snapshot_version}/{file_name}")
+}
+
+/// The same place as a URL path relative to the metadata URL (the file name percent-encoded).
+pub fn proof_url_path(snapshot_version: u64, file_name: &str) -> String {
+    format!("merkle/{snapshot_version}/{}", crate::encode_path_segment(file_name))
 }
 
 fn leaf_hash(name: &str, meta: &MetaFile) -> Result<[u8; 32], Error> {

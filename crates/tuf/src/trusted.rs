@@ -4,13 +4,14 @@
 //! passed every check. Checks that protect against rollback use whatever is already trusted, even metadata that has
 //! since expired or been superseded: expiry of the *final* metadata is what stops an update cycle.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Deref;
 
 use jiff::Timestamp;
 
 use crate::metadata::verify_length_and_hashes;
-use crate::{Error, Metadata, RoleType, Root, Signed, Snapshot, TargetFile, Targets};
+use crate::snapshot_merkle::{MerkleCommitment, SnapshotProof, TIMESTAMP_FIELD};
+use crate::{Error, MetaFile, Metadata, RoleType, Root, Signed, Snapshot, TargetFile, Targets};
 
 /// Size caps and counts that bound what a client downloads and visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub struct RoleLimits {
     pub max_root_rotations: u64,
     /// How many targets roles one target search may visit.
     pub max_delegations: usize,
+    /// How many targets roles listing one catalog directory (a product and its hash bins) may visit.
+    pub max_listing_roles: usize,
+    /// Cap on one snapshot Merkle proof.
+    pub snapshot_proof_max_length: u64,
 }
 
 impl Default for RoleLimits {
@@ -36,6 +41,8 @@ impl Default for RoleLimits {
             targets_max_length: 5_000_000,
             max_root_rotations: 256,
             max_delegations: 32,
+            max_listing_roles: 4096,
+            snapshot_proof_max_length: 65_536,
         }
     }
 }
@@ -77,6 +84,10 @@ pub struct TrustedSet {
     snapshot: Option<Verified<Snapshot>>,
     /// Targets roles by name; `targets` is the top-level one, verified by `root`.
     targets: HashMap<String, TrustedTargets>,
+    /// Snapshot entries proven one by one against the timestamp's Merkle commitment (instead of a full snapshot).
+    proven: BTreeMap<String, MetaFile>,
+    /// Versions proven under earlier timestamps: a new proof may not go below them.
+    proven_floor: BTreeMap<String, u64>,
 }
 
 impl TrustedSet {
@@ -93,6 +104,8 @@ impl TrustedSet {
             timestamp: None,
             snapshot: None,
             targets: HashMap::new(),
+            proven: BTreeMap::new(),
+            proven_floor: BTreeMap::new(),
         })
     }
 
@@ -163,7 +176,53 @@ impl TrustedSet {
             }
         }
         self.timestamp = Some(Verified { metadata: new });
+        for (name, meta) in std::mem::take(&mut self.proven) {
+            let floor = self.proven_floor.entry(name).or_default();
+            *floor = (*floor).max(meta.version);
+        }
         self.check_final_timestamp()
+    }
+
+    /// The Merkle commitment to the snapshot that the trusted timestamp signs, if the repository publishes one.
+    pub fn snapshot_commitment(&self) -> Option<MerkleCommitment> {
+        let timestamp = self.timestamp.as_ref()?;
+        serde_json::from_value(timestamp.unrecognized.get(TIMESTAMP_FIELD)?.clone()).ok()
+    }
+
+    /// Accepts one snapshot entry proven against the timestamp's Merkle commitment, in place of the full snapshot.
+    ///
+    /// The entry's version may not be lower than one proven under an earlier timestamp (rollback).
+    pub fn update_snapshot_proof(&mut self, bytes: &[u8]) -> Result<&MetaFile, Error> {
+        if self.snapshot.is_some() {
+            return Err(Error::OutOfOrder("snapshot proofs (instead of a full snapshot)"));
+        }
+        self.check_final_timestamp()?;
+        // Invariant: `check_final_timestamp` succeeded, so a timestamp is trusted.
+        let snapshot_version = self.timestamp.as_ref().expect("timestamp is loaded").snapshot_meta().version;
+        let commitment = self.snapshot_commitment().ok_or_else(|| {
+            Error::malformed("timestamp", format!("no {TIMESTAMP_FIELD} commitment to prove snapshot entries against"))
+        })?;
+        let proof = SnapshotProof::verify(bytes, &commitment, snapshot_version)?;
+        if let Some(&floor) = self.proven_floor.get(&proof.name)
+            && proof.meta.version < floor
+        {
+            return Err(Error::Rollback {
+                role: format!("{} (in snapshot)", proof.name),
+                trusted: floor,
+                found: proof.meta.version,
+            });
+        }
+        let slot = self.proven.entry(proof.name).or_insert(proof.meta.clone());
+        *slot = proof.meta;
+        Ok(slot)
+    }
+
+    /// The snapshot entry of `file` (`<role>.json`), from the full snapshot or from a proof.
+    pub fn snapshot_entry(&self, file: &str) -> Option<&MetaFile> {
+        match &self.snapshot {
+            Some(snapshot) => snapshot.meta.get(file),
+            None => self.proven.get(file),
+        }
     }
 
     fn check_final_timestamp(&self) -> Result<(), Error> {
@@ -233,10 +292,13 @@ impl TrustedSet {
         role: &str,
         delegator: &str,
     ) -> Result<&Verified<Targets>, Error> {
-        self.check_final_snapshot()?;
-        let snapshot = self.snapshot.as_ref().ok_or(Error::OutOfOrder("snapshot"))?;
+        if self.snapshot.is_some() || self.proven.is_empty() {
+            self.check_final_snapshot()?;
+        } else {
+            self.check_final_timestamp()?;
+        }
         let file = format!("{role}.json");
-        let meta = snapshot.meta.get(&file).ok_or_else(|| Error::NotInSnapshot(file.clone()))?;
+        let meta = self.snapshot_entry(&file).ok_or_else(|| Error::NotInSnapshot(file.clone()))?;
         meta.verify(&file, bytes)?;
         let new = Metadata::<Targets>::from_bytes(bytes, role)?;
         self.check_delegation(role, delegator, &new)?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use custody_tuf::snapshot_merkle::{SnapshotTree, TIMESTAMP_FIELD, proof_path};
 use custody_tuf::{
     DelegatedRole, Delegations, MetaFile, Metadata, PrivateKey, PrivateKeyKind, Role, Root, Signed, Snapshot,
     TargetFile, Targets, Timestamp,
@@ -31,6 +32,8 @@ pub struct TestRepo {
     pub targets: BTreeMap<String, Targets>,
     /// Delegator of each delegated role.
     pub delegators: BTreeMap<String, String>,
+    /// Publish a snapshot Merkle tree and per-role proofs with each snapshot.
+    pub merkle: bool,
 }
 
 impl TestRepo {
@@ -93,6 +96,7 @@ impl TestRepo {
             snapshot,
             targets: BTreeMap::from([("targets".to_owned(), targets)]),
             delegators: BTreeMap::new(),
+            merkle: false,
         };
         repo.write_root();
         repo.publish(&["targets"]);
@@ -172,6 +176,16 @@ impl TestRepo {
         let bytes = self.sign(self.snapshot.clone(), "snapshot");
         std::fs::write(self.metadata_dir().join(format!("{}.snapshot.json", self.snapshot.version)), &bytes).unwrap();
         self.timestamp.meta.insert("snapshot.json".into(), MetaFile::describing(self.snapshot.version, &bytes));
+        if self.merkle {
+            let tree = SnapshotTree::build(self.snapshot.version, &self.snapshot.meta).unwrap();
+            for proof in tree.proofs() {
+                let path = self.metadata_dir().join(proof_path(self.snapshot.version, &proof.name));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, serde_json::to_vec(&proof).unwrap()).unwrap();
+            }
+            let commitment = serde_json::to_value(tree.commitment()).unwrap();
+            self.timestamp.unrecognized.insert(TIMESTAMP_FIELD.into(), commitment);
+        }
         self.publish_timestamp();
     }
 

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let client = reqwest::Client::builder().no_proxy().build().context("cannot build the HTTP client")?;
         let fetcher = HttpFetcher::new(client, Duration::from_secs(60));
         let config =
-            UpdaterConfig { metadata_dir: args.metadata_dir.clone(), metadata_url, limits: RoleLimits::default() };
+            UpdaterConfig { metadata_dir: args.metadata_dir.clone(), metadata_url, limits: RoleLimits::default(), snapshot_proofs: false };
         let mut updater = Updater::new(config, fetcher, jiff::Timestamp::now())?;
         updater.refresh().await.context("refresh failed")?;
         if let Action::Download = args.action {
