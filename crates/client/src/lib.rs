@@ -13,7 +13,7 @@ mod updater;
 
 pub use custody_tuf::RoleLimits;
 pub use error::Error;
-pub use fetch::{FetchError, Fetcher, HttpFetcher};
+pub use fetch::{FetchError, Fetcher, FileFetcher, HttpFetcher};
 pub use store::MetadataDir;
 pub use updater::{Updater, UpdaterConfig};
 

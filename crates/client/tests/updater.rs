@@ -227,3 +227,27 @@ async fn root_rotations_per_cycle_are_bounded() {
     updater.refresh().await.unwrap();
     assert_eq!(updater.trusted().root().version, 4);
 }
+
+#[tokio::test]
+async fn a_repository_on_a_local_file_system_is_read_with_the_same_checks() {
+    let (tmp, mut repo, _server) = setup().await;
+    repo.add_target("targets", "defs/av-1.bin", b"definitions 1");
+    repo.publish(&["targets"]);
+    let client = Client::new(&repo);
+    let config = UpdaterConfig {
+        metadata_dir: client.dir.path().to_owned(),
+        metadata_url: format!("file://{}/metadata", tmp.path().display()),
+        limits: RoleLimits { timestamp_max_length: 100, ..RoleLimits::default() },
+        snapshot_proofs: false,
+    };
+    let mut updater = Updater::new(config.clone(), custody_client::FileFetcher, jiff::Timestamp::now()).unwrap();
+    let err = updater.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::Fetch(FetchError::TooLong { limit: 100, .. })), "{err:?}");
+
+    let config = UpdaterConfig { limits: RoleLimits::default(), ..config };
+    let mut updater = Updater::new(config, custody_client::FileFetcher, jiff::Timestamp::now()).unwrap();
+    let target = updater.target_info("defs/av-1.bin").await.unwrap();
+    let base = format!("file://{}/targets", tmp.path().display());
+    let content = updater.download_target(&target, &base).await.unwrap();
+    assert_eq!(content.data(), b"definitions 1");
+}

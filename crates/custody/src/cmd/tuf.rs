@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use custody_client::{HttpFetcher, RoleLimits, Updater, UpdaterConfig};
+use custody_client::{Fetcher, FileFetcher, HttpFetcher, RoleLimits, Updater, UpdaterConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,26 +52,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let metadata_url = args.metadata_url.clone().context("--metadata-url is required")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let client = reqwest::Client::builder().no_proxy().build().context("cannot build the HTTP client")?;
-        let fetcher = HttpFetcher::new(client, Duration::from_secs(60));
-        let config =
-            UpdaterConfig { metadata_dir: args.metadata_dir.clone(), metadata_url, limits: RoleLimits::default(), snapshot_proofs: false };
-        let mut updater = Updater::new(config, fetcher, jiff::Timestamp::now())?;
-        updater.refresh().await.context("refresh failed")?;
-        if let Action::Download = args.action {
-            let base = args.target_base_url.as_deref().context("--target-base-url is required")?;
-            let dir = args.target_dir.as_deref().context("--target-dir is required")?;
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            for name in &args.target_names {
-                let target = updater.target_info(name).await.with_context(|| format!("cannot resolve {name:?}"))?;
-                let path = updater
-                    .fetch_target_into(&target, base, dir)
-                    .await
-                    .with_context(|| format!("cannot download {name:?}"))?;
-                tracing::info!(target = name, path = %path.display(), "downloaded");
-            }
+    if metadata_url.starts_with("file://") {
+        return runtime.block_on(update(&args, metadata_url, FileFetcher));
+    }
+    let client = reqwest::Client::builder().no_proxy().build().context("cannot build the HTTP client")?;
+    runtime.block_on(update(&args, metadata_url, HttpFetcher::new(client, Duration::from_secs(60))))
+}
+
+/// Refreshes, then downloads every `--target-name` (for `download`).
+async fn update(args: &Args, metadata_url: String, fetcher: impl Fetcher) -> anyhow::Result<ExitCode> {
+    let config = UpdaterConfig {
+        metadata_dir: args.metadata_dir.clone(),
+        metadata_url,
+        limits: RoleLimits::default(),
+        snapshot_proofs: false,
+    };
+    let mut updater = Updater::new(config, fetcher, jiff::Timestamp::now())?;
+    updater.refresh().await.context("refresh failed")?;
+    if let Action::Download = args.action {
+        let base = args.target_base_url.as_deref().context("--target-base-url is required")?;
+        let dir = args.target_dir.as_deref().context("--target-dir is required")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for name in &args.target_names {
+            let target = updater.target_info(name).await.with_context(|| format!("cannot resolve {name:?}"))?;
+            let path = updater
+                .fetch_target_into(&target, base, dir)
+                .await
+                .with_context(|| format!("cannot download {name:?}"))?;
+            println!("{}", path.display());
         }
-        Ok(ExitCode::SUCCESS)
-    })
+    }
+    Ok(ExitCode::SUCCESS)
 }
