@@ -15,28 +15,26 @@ pub trait Fetcher {
 pub struct FileFetcher;
 
 impl Fetcher for FileFetcher {
-    fn fetch(&self, url: &str, max_length: u64) -> impl Future<Output = Result<Option<Vec<u8>>, FetchError>> + Send {
-        async move {
-            let io = |source| FetchError::File { url: url.to_owned(), source };
-            let Some(path) = url.strip_prefix("file://") else {
-                return Err(FetchError::Scheme { url: url.to_owned() });
-            };
-            let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
-            let file = match tokio::fs::File::open(&path).await {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io(e)),
-            };
-            let mut body = Vec::new();
-            // Read one byte past the cap to tell "exactly the cap" from "longer".
-            tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, max_length + 1), &mut body)
-                .await
-                .map_err(io)?;
-            if body.len() as u64 > max_length {
-                return Err(FetchError::TooLong { url: url.to_owned(), limit: max_length });
-            }
-            Ok(Some(body))
+    async fn fetch(&self, url: &str, max_length: u64) -> Result<Option<Vec<u8>>, FetchError> {
+        let io = |source| FetchError::File { url: url.to_owned(), source };
+        let Some(path) = url.strip_prefix("file://") else {
+            return Err(FetchError::Scheme { url: url.to_owned() });
+        };
+        let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let mut body = Vec::new();
+        // Read one byte past the cap to tell "exactly the cap" from "longer".
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, max_length + 1), &mut body)
+            .await
+            .map_err(io)?;
+        if body.len() as u64 > max_length {
+            return Err(FetchError::TooLong { url: url.to_owned(), limit: max_length });
         }
+        Ok(Some(body))
     }
 }
 
