@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, KeyPair, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{self, KeyPair, ParsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,32 @@ pub struct Key {
     /// Fields this version does not know, kept so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: BTreeMap<String, Value>,
+    /// The key parsed for verification on first use (a key usually checks many signatures: every hash bin's).
+    #[serde(skip)]
+    parsed: ParsedCache,
+}
+
+/// A lazily filled cache of the parsed key; it is not part of the key's value (equality, serialisation).
+#[derive(Clone, Default)]
+struct ParsedCache(std::sync::OnceLock<Result<ParsedPublicKey, KeyProblem>>);
+
+/// Why a key cannot verify anything (kept in the cache, so it must be cloneable, unlike [`Error`]).
+#[derive(Clone)]
+enum KeyProblem {
+    Unsupported(String),
+    Malformed(String),
+}
+
+impl PartialEq for ParsedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for ParsedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
 }
 
 /// The `keyval` object of a [`Key`].
@@ -48,18 +74,29 @@ impl Key {
         let Ok(signature) = hex::decode(signature_hex) else {
             return Ok(false);
         };
-        let (algorithm, public) = self.verification_key()?;
-        Ok(UnparsedPublicKey::new(algorithm, &public).verify(message, &signature).is_ok())
+        let parsed = self.parsed.0.get_or_init(|| {
+            let (algorithm, public) = self.verification_key()?;
+            ParsedPublicKey::new(algorithm, public)
+                .map_err(|e| KeyProblem::Malformed(format!("{} public key rejected: {e}", self.keytype)))
+        });
+        match parsed {
+            Ok(key) => Ok(key.verify_sig(message, &signature).is_ok()),
+            Err(KeyProblem::Unsupported(reason)) => Err(Error::UnsupportedKey(reason.clone())),
+            Err(KeyProblem::Malformed(reason)) => Err(Error::BadKey(reason.clone())),
+        }
     }
 
     /// The verification algorithm and the public key bytes in the form aws-lc-rs expects.
-    fn verification_key(&self) -> Result<(&'static dyn VerificationAlgorithm, Vec<u8>), Error> {
+    fn verification_key(&self) -> Result<(&'static dyn VerificationAlgorithm, Vec<u8>), KeyProblem> {
         let algorithm: &'static dyn VerificationAlgorithm = match (self.keytype.as_str(), self.scheme.as_str()) {
             ("ed25519", "ed25519") => {
                 let public = hex::decode(&self.keyval.public)
-                    .map_err(|e| Error::BadKey(format!("ed25519 public key is not hex: {e}")))?;
+                    .map_err(|e| KeyProblem::Malformed(format!("ed25519 public key is not hex: {e}")))?;
                 if public.len() != 32 {
-                    return Err(Error::BadKey(format!("ed25519 public key has {} bytes, not 32", public.len())));
+                    return Err(KeyProblem::Malformed(format!(
+                        "ed25519 public key has {} bytes, not 32",
+                        public.len()
+                    )));
                 }
                 return Ok((&signature::ED25519, public));
             }
@@ -68,11 +105,11 @@ impl Key {
             ("rsa", "rsassa-pss-sha256") => &signature::RSA_PSS_2048_8192_SHA256,
             ("rsa", "rsa-pkcs1v15-sha256") => &signature::RSA_PKCS1_2048_8192_SHA256,
             (keytype, scheme) => {
-                return Err(Error::UnsupportedKey(format!("keytype {keytype:?} with scheme {scheme:?}")));
+                return Err(KeyProblem::Unsupported(format!("keytype {keytype:?} with scheme {scheme:?}")));
             }
         };
         let spki = SubjectPublicKeyInfoDer::from_pem_slice(self.keyval.public.as_bytes()).map_err(|e| {
-            Error::BadKey(format!("{} public key is not a PEM SubjectPublicKeyInfo: {e}", self.keytype))
+            KeyProblem::Malformed(format!("{} public key is not a PEM SubjectPublicKeyInfo: {e}", self.keytype))
         })?;
         Ok((algorithm, spki.as_ref().to_vec()))
     }
@@ -211,6 +248,7 @@ impl Key {
             scheme: scheme.into(),
             keyval: KeyVal { public, unrecognized: BTreeMap::new() },
             unrecognized: BTreeMap::new(),
+            parsed: ParsedCache::default(),
         }
     }
 }
