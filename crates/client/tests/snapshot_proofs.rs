@@ -132,3 +132,17 @@ async fn standard_clients_still_read_the_full_snapshot() {
     assert!(requests.contains(&format!("/metadata/{v}.snapshot.json")), "{requests:?}");
     assert!(!requests.iter().any(|r| r.contains("merkle")), "{requests:?}");
 }
+
+#[tokio::test]
+async fn a_role_version_below_one_proven_before_is_a_rollback() {
+    let (_tmp, mut repo, server, device) = catalog().await;
+    repo.add_target("alpha", "alpha/alpha-new.tar.zst", b"alpha new");
+    repo.publish(&["alpha"]);
+    assert_eq!(updater(device.path(), &server, true).list_targets("alpha").await.unwrap().len(), 4);
+
+    // Holders of the online keys publish a snapshot (and tree) naming the previous alpha version.
+    repo.snapshot.meta.get_mut("alpha.json").unwrap().version -= 1;
+    repo.publish(&[]);
+    let err = updater(device.path(), &server, true).list_targets("alpha").await.unwrap_err();
+    assert!(matches!(err, Error::Metadata(custody_tuf::Error::Rollback { .. })), "{err:?}");
+}
