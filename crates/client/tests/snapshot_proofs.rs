@@ -9,7 +9,10 @@ use custody_client::{Error, HttpFetcher, RoleLimits, Updater, UpdaterConfig};
 use support::{TestRepo, TestServer};
 
 fn updater(dir: &std::path::Path, server: &TestServer, snapshot_proofs: bool) -> Updater<HttpFetcher> {
-    let fetcher = HttpFetcher::new(reqwest::Client::builder().no_proxy().build().unwrap(), Duration::from_secs(10));
+    let fetcher = HttpFetcher::new(
+        custody_tls::plain_http_client(&custody_tls::ProxySettings::direct()).unwrap(),
+        Duration::from_secs(10),
+    );
     let config = UpdaterConfig {
         metadata_dir: dir.to_owned(),
         metadata_url: format!("{}/metadata", server.base),

@@ -19,7 +19,8 @@ impl Client {
     }
 
     fn updater(&self, server: &TestServer, limits: RoleLimits, timeout: Duration) -> Updater<HttpFetcher> {
-        let fetcher = HttpFetcher::new(reqwest::Client::builder().no_proxy().build().unwrap(), timeout);
+        let fetcher =
+            HttpFetcher::new(custody_tls::plain_http_client(&custody_tls::ProxySettings::direct()).unwrap(), timeout);
         let config = UpdaterConfig {
             metadata_dir: self.dir.path().to_owned(),
             metadata_url: format!("{}/metadata", server.base),

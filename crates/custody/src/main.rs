@@ -26,6 +26,11 @@ enum Command {
     /// The publisher's repository tool: keys, targets, delegations, signing.
     #[command(subcommand)]
     Repo(cmd::repo::Command),
+    /// The certificate authority: root, intermediates, server and device certificates, CRLs (docs/pki.md).
+    #[command(subcommand)]
+    Pki(cmd::pki::Command),
+    /// The host names and ports a device or relay contacts, for firewall and proxy exceptions.
+    Endpoints(cmd::endpoints::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tuf(args) => cmd::tuf::run(args),
         Command::Repo(command) => cmd::repo::run(command),
+        Command::Pki(command) => cmd::pki::run(command),
+        Command::Endpoints(args) => cmd::endpoints::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,7 @@
 //! Subcommands of the `custody` binary, and the error reporting they share.
 
+pub mod endpoints;
+pub mod pki;
 pub mod repo;
 pub mod tuf;
 
