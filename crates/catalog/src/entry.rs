@@ -347,6 +347,20 @@ impl UpdateId {
     }
 }
 
+/// Written as its string form, so an id in any JSON or TOML (API bodies, agent state) passes the same checks.
+impl serde::Serialize for UpdateId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UpdateId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for UpdateId {
     type Err = Error;
 
