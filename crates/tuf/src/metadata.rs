@@ -103,10 +103,13 @@ impl<T: Signed> Metadata<T> {
         if found_type != T::TYPE {
             return Err(Error::WrongType { role: role.to_owned(), expected: T::TYPE, found: found_type.to_owned() });
         }
-        let canonical_signed = to_canonical_json(&envelope.signed)
+        let canonical_signed = crate::canonical::canonical_value(&envelope.signed)
             .map_err(|e| Error::Canonical { role: role.to_owned(), reason: e.to_string() })?;
-        let signed = T::deserialize(&envelope.signed).map_err(|e| Error::malformed(role, e.to_string()))?;
-        check_spec_version(&envelope.signed, role)?;
+        // The JSON value is moved into the typed one rather than copied (most of a catalog's bytes are `custom`
+        // objects); `spec_version` is read before the move and its error still comes after the typed value's.
+        let spec_version = check_spec_version(&envelope.signed, role);
+        let signed = T::deserialize(envelope.signed).map_err(|e| Error::malformed(role, e.to_string()))?;
+        spec_version?;
         signed.validate(role)?;
         let mut keyids = BTreeSet::new();
         for signature in &envelope.signatures {
@@ -141,19 +144,20 @@ impl<T: Signed> Metadata<T> {
 
     /// The envelope as JSON bytes (compact, keys sorted).
     ///
-    /// `signed` is written as ordinary JSON rather than as its canonical form: canonical JSON leaves control
-    /// characters (such as the newlines of a PEM key) unescaped, which other JSON parsers refuse. Verifiers
-    /// canonicalise what they parse, so the signatures hold either way.
+    /// `signed` is written as the very canonical bytes that the signatures cover, with only the control characters
+    /// that canonical JSON leaves raw (such as the newlines of a PEM key) escaped, since JSON parsers refuse them.
+    /// So a parser reads back exactly the signed value, even when the typed value would re-serialise differently
+    /// (metadata from other tools: `"expires"` seconds written `" 0"`, `null` for an absent optional field).
     pub fn to_bytes(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Envelope<'a, T> {
-            signatures: &'a [Signature],
-            signed: &'a T,
-        }
-        // Invariant: `new` or `from_bytes` already serialised `signed` to canonical JSON, which is stricter than
-        // JSON (no floats), and signatures hold only strings and JSON values.
-        serde_json::to_vec(&Envelope { signatures: &self.signatures, signed: &self.signed })
-            .expect("metadata serialises")
+        let signed = crate::canonical::canonical_to_strict_json(&self.canonical_signed);
+        let mut out = Vec::with_capacity(signed.len() + 200 * self.signatures.len() + 32);
+        out.extend_from_slice(b"{\"signatures\":");
+        // Invariant: signatures hold only strings and JSON values that were parsed or built without floats.
+        out.extend_from_slice(&serde_json::to_vec(&self.signatures).expect("signatures serialise"));
+        out.extend_from_slice(b",\"signed\":");
+        out.extend_from_slice(&signed);
+        out.push(b'}');
+        out
     }
 
     /// Checks that at least `threshold` of `keyids` have a valid signature; each key id counts once.
@@ -166,8 +170,10 @@ impl<T: Signed> Metadata<T> {
         keyids: &[String],
         threshold: u32,
     ) -> Result<(), Error> {
-        let valid = keyids
-            .iter()
+        // Distinct key ids: parsed roles cannot list one twice, but a caller's list is not trusted to be clean.
+        let distinct: BTreeSet<&String> = keyids.iter().collect();
+        let valid = distinct
+            .into_iter()
             .filter(|keyid| {
                 let (Some(key), Some(signature)) =
                     (keys.get(*keyid), self.signatures.iter().find(|s| &s.keyid == *keyid))
@@ -549,7 +555,9 @@ impl Delegations {
     /// The roles delegated `target_path`, in listed order, each with its `terminating` flag.
     pub fn roles_for_target(&self, target_path: &str) -> Vec<(String, bool)> {
         if let Some(roles) = &self.roles {
-            roles.iter().filter(|r| r.is_delegated_path(target_path)).map(|r| (r.name.clone(), r.terminating)).collect()
+            // The path's hash is computed once, not once per hash-prefix role (a catalog has hundreds of bins).
+            let hash = TargetPathHash::new(target_path);
+            roles.iter().filter(|r| r.covers(target_path, &hash)).map(|r| (r.name.clone(), r.terminating)).collect()
         } else if let Some(succinct) = &self.succinct_roles {
             vec![(succinct.role_for_target(target_path), true)]
         } else {
@@ -559,9 +567,11 @@ impl Delegations {
 
     /// The roles that may hold targets under the top-level directory `dir`, in listed order: those with a path
     /// pattern whose first segment matches `dir` (and more than one segment), all hash-prefix roles, all bins.
-    pub fn roles_for_dir(&self, dir: &str) -> Vec<String> {
+    ///
+    /// `None` when there are more than `max` (succinct delegations name up to 2^32 bins: they are only counted).
+    pub fn roles_for_dir(&self, dir: &str, max: usize) -> Option<Vec<String>> {
         if let Some(roles) = &self.roles {
-            roles
+            let names: Vec<String> = roles
                 .iter()
                 .filter(|r| match (&r.paths, &r.path_hash_prefixes) {
                     (Some(patterns), _) => patterns.iter().any(|p| {
@@ -575,12 +585,17 @@ impl Delegations {
                     (None, None) => false,
                 })
                 .map(|r| r.name.clone())
-                .collect()
+                .collect();
+            (names.len() <= max).then_some(names)
         } else if let Some(succinct) = &self.succinct_roles {
+            let count = 1u64 << succinct.bit_length;
+            if count > max as u64 {
+                return None;
+            }
             let width = succinct.suffix_len();
-            (0..(1u64 << succinct.bit_length)).map(|bin| format!("{}-{:0width$x}", succinct.name_prefix, bin)).collect()
+            Some((0..count).map(|bin| format!("{}-{:0width$x}", succinct.name_prefix, bin)).collect())
         } else {
-            Vec::new()
+            Some(Vec::new())
         }
     }
 
@@ -631,14 +646,35 @@ impl DelegatedRole {
     /// `paths` are shell-style patterns matched per `/`-separated segment (a `*` never crosses a `/`, and the
     /// number of segments must be equal); `path_hash_prefixes` match the hex SHA-256 of the path.
     pub fn is_delegated_path(&self, target_path: &str) -> bool {
+        self.covers(target_path, &TargetPathHash::new(target_path))
+    }
+
+    fn covers(&self, target_path: &str, hash: &TargetPathHash) -> bool {
         if let Some(patterns) = &self.paths {
             return patterns.iter().any(|p| path_matches(p, target_path));
         }
         if let Some(prefixes) = &self.path_hash_prefixes {
-            let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, target_path.as_bytes()));
+            let hash = hash.hex();
             return prefixes.iter().any(|p| hash.starts_with(p.as_str()));
         }
         false
+    }
+}
+
+/// The hex SHA-256 of a target path, computed on first use (pattern delegations never need it).
+struct TargetPathHash<'a> {
+    path: &'a str,
+    hex: std::cell::OnceCell<String>,
+}
+
+impl<'a> TargetPathHash<'a> {
+    fn new(path: &'a str) -> Self {
+        Self { path, hex: std::cell::OnceCell::new() }
+    }
+
+    fn hex(&self) -> &str {
+        self.hex
+            .get_or_init(|| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.path.as_bytes())))
     }
 }
 
@@ -781,6 +817,98 @@ impl SuccinctRoles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn signed_targets(key: &PrivateKey, signed: serde_json::Value) -> Metadata<Targets> {
+        let envelope = serde_json::json!({"signatures": [], "signed": signed});
+        let mut metadata = Metadata::<Targets>::from_bytes(&serde_json::to_vec(&envelope).unwrap(), "targets").unwrap();
+        metadata.sign(key).unwrap();
+        metadata
+    }
+
+    /// Found by the `metadata_parse` fuzz target: `to_bytes` wrote the typed value, which for metadata written by
+    /// other tools is not always what was signed (`" 0"` seconds, `null` optional fields), so the stored file's
+    /// signatures no longer verified.
+    #[test]
+    fn to_bytes_keeps_the_signed_bytes_of_foreign_metadata() {
+        let key = PrivateKey::generate(crate::PrivateKeyKind::Ed25519).unwrap();
+        let keyid = key.key_id();
+        let keys = BTreeMap::from([(keyid.clone(), key.public().clone())]);
+        let metadata = signed_targets(
+            &key,
+            serde_json::json!({"_type": "targets", "spec_version": "1.0.34", "version": 1,
+                               "expires": "2030-01-01T00:00: 0Z", "targets": {}, "delegations": null,
+                               "x-text": "line\nnext\u{0}"}),
+        );
+        let stored = metadata.to_bytes();
+        let again = Metadata::<Targets>::from_bytes(&stored, "targets").unwrap();
+        assert_eq!(again.canonical_signed(), metadata.canonical_signed());
+        assert!(again.check_signatures("targets", &keys, std::slice::from_ref(&keyid), 1).is_ok());
+    }
+
+    /// Found by the `canonical_json` fuzz target: with NFC-normalising canonical JSON, `"\u212aernel.img"` (KELVIN
+    /// SIGN) and `"Kernel.img"` collapsed into one member, so an attacker could add an unsigned `Kernel.img` entry
+    /// beside the signed one (renamed with the Kelvin sign) and the signature still verified.
+    #[test]
+    fn unicode_equivalent_keys_cannot_smuggle_an_unsigned_target() {
+        let key = PrivateKey::generate(crate::PrivateKeyKind::Ed25519).unwrap();
+        let keyid = key.key_id();
+        let keys = BTreeMap::from([(keyid.clone(), key.public().clone())]);
+        let good = serde_json::json!({"length": 1, "hashes": {"sha256": "aa"}});
+        let evil = serde_json::json!({"length": 666, "hashes": {"sha256": "bb"}});
+        let signed = serde_json::json!({"_type": "targets", "spec_version": "1.0.34", "version": 1,
+                                        "expires": "2030-01-01T00:00:00Z", "targets": {"Kernel.img": good}});
+        let genuine = signed_targets(&key, signed.clone());
+        assert!(genuine.check_signatures("targets", &keys, std::slice::from_ref(&keyid), 1).is_ok());
+
+        let mut forged = signed;
+        forged["targets"] = serde_json::json!({"\u{212a}ernel.img": good, "Kernel.img": evil});
+        let envelope = serde_json::json!({"signatures": genuine.signatures(), "signed": forged});
+        let forged = Metadata::<Targets>::from_bytes(&serde_json::to_vec(&envelope).unwrap(), "targets").unwrap();
+        assert_eq!(forged.signed().targets["Kernel.img"].length, 666);
+        assert!(forged.check_signatures("targets", &keys, &[keyid], 1).is_err());
+    }
+
+    /// A key id listed twice counted twice towards the threshold (the property test
+    /// `threshold_counts_distinct_valid_listed_keys` lists some key ids twice).
+    #[test]
+    fn a_key_id_listed_twice_counts_once() {
+        let key = PrivateKey::generate(crate::PrivateKeyKind::Ed25519).unwrap();
+        let keyid = key.key_id();
+        let keys = BTreeMap::from([(keyid.clone(), key.public().clone())]);
+        let metadata = signed_targets(
+            &key,
+            serde_json::json!({"_type": "targets", "spec_version": "1.0.34", "version": 1,
+                               "expires": "2030-01-01T00:00:00Z", "targets": {}}),
+        );
+        assert!(metadata.check_signatures("targets", &keys, std::slice::from_ref(&keyid), 1).is_ok());
+        let twice = [keyid.clone(), keyid];
+        assert!(matches!(
+            metadata.check_signatures("targets", &keys, &twice, 2),
+            Err(Error::Threshold { valid: 1, threshold: 2, .. })
+        ));
+    }
+
+    /// Listing a directory made one string per bin of a succinct delegation, up to 2^32 of them (memory
+    /// exhaustion by whoever signs a delegating role), before any limit on visited roles applied.
+    #[test]
+    fn roles_for_dir_counts_bins_before_naming_them() {
+        let delegations = |bit_length: u32| Delegations {
+            keys: BTreeMap::new(),
+            roles: None,
+            succinct_roles: Some(SuccinctRoles {
+                keyids: vec!["k".into()],
+                threshold: 1,
+                bit_length,
+                name_prefix: "bin".into(),
+                unrecognized: BTreeMap::new(),
+            }),
+            unrecognized: BTreeMap::new(),
+        };
+        assert_eq!(delegations(32).roles_for_dir("dir", 4096), None);
+        assert_eq!(delegations(13).roles_for_dir("dir", 4096), None);
+        let bins = delegations(12).roles_for_dir("dir", 4096).unwrap();
+        assert_eq!((bins.len(), bins[0].as_str(), bins[4095].as_str()), (4096, "bin-000", "bin-fff"));
+    }
 
     #[test]
     fn unknown_fields_and_pem_keys_survive_a_round_trip() {

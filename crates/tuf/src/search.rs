@@ -127,7 +127,13 @@ impl TargetListing {
             let targets = trusted.targets(&role).expect("role is loaded");
             let prefix = format!("{}/", self.dir);
             self.candidates.extend(targets.targets.keys().filter(|p| p.starts_with(&prefix)).cloned());
-            let children = targets.delegations.as_ref().map(|d| d.roles_for_dir(&self.dir)).unwrap_or_default();
+            // A role with more children than may be visited in all ends the listing here: it would run out of
+            // visits anyway, as a listing visits every child.
+            let children = match targets.delegations.as_ref().map(|d| d.roles_for_dir(&self.dir, self.max_roles)) {
+                None => Vec::new(),
+                Some(Some(children)) => children,
+                Some(None) => return Ok(ListingStep::TooManyRoles(self.max_roles)),
+            };
             self.visited.insert((role.clone(), delegator));
             self.to_visit.extend(children.into_iter().rev().map(|child| (child, role.clone())));
         }
