@@ -21,21 +21,35 @@ impl Fetcher for FileFetcher {
             return Err(FetchError::Scheme { url: url.to_owned() });
         };
         let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
-        let mut body = Vec::new();
-        // Read one byte past the cap to tell "exactly the cap" from "longer".
-        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, max_length + 1), &mut body)
+        // Open and read in one blocking task: tokio's `File` hands each read of a growing buffer to the blocking
+        // pool and back (a dozen round trips for a file of tens of kilobytes).
+        let body = tokio::task::spawn_blocking(move || read_capped(std::path::Path::new(&path), max_length))
             .await
+            .map_err(|e| io(std::io::Error::other(e)))?
             .map_err(io)?;
+        let Some(body) = body else { return Ok(None) };
         if body.len() as u64 > max_length {
             return Err(FetchError::TooLong { url: url.to_owned(), limit: max_length });
         }
         Ok(Some(body))
     }
+}
+
+/// The file at `path`, read up to one byte past `max_length` (to tell "exactly the cap" from "longer"); `None` if
+/// it does not exist.
+fn read_capped(path: &std::path::Path, max_length: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let limit = max_length.saturating_add(1);
+    // The size is only a hint for the first allocation (the file may change while it is read); `take` is the cap.
+    let hint = file.metadata().map_or(0, |m| m.len()).min(limit);
+    let mut body = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.take(limit).read_to_end(&mut body)?;
+    Ok(Some(body))
 }
 
 /// A failed fetch.
@@ -109,5 +123,23 @@ impl Fetcher for HttpFetcher {
                 .await
                 .unwrap_or_else(|_| Err(FetchError::Timeout { url: url.to_owned(), timeout: self.timeout }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_fetcher_caps_length_and_reports_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ten"), b"0123456789").unwrap();
+        let url = |name: &str| format!("file://{}/{name}", dir.path().display());
+        assert_eq!(FileFetcher.fetch(&url("ten"), 10).await.unwrap().unwrap(), b"0123456789");
+        assert_eq!(FileFetcher.fetch(&url("ten"), 1000).await.unwrap().unwrap(), b"0123456789");
+        assert!(matches!(FileFetcher.fetch(&url("ten"), 9).await, Err(FetchError::TooLong { limit: 9, .. })));
+        assert!(FileFetcher.fetch(&url("absent"), 10).await.unwrap().is_none());
+        assert!(matches!(FileFetcher.fetch(&url(""), 10).await, Err(FetchError::File { .. })));
+        assert!(matches!(FileFetcher.fetch("http://example.invalid/x", 10).await, Err(FetchError::Scheme { .. })));
     }
 }
