@@ -31,6 +31,14 @@ enum Command {
     Pki(cmd::pki::Command),
     /// The host names and ports a device or relay contacts, for firewall and proxy exceptions.
     Endpoints(cmd::endpoints::Args),
+    /// The device agent: the daemon and its commands (docs/agent-cli.md).
+    Agent(cmd::agent::Args),
+    /// The update service: metadata over pinned HTTPS, content over HTTP, device and admin APIs (docs/api.md).
+    Server(cmd::server::Args),
+    /// Publishes an update to an update service, signing the targets metadata here (docs/api.md).
+    Publish(cmd::publish::Args),
+    /// The admin API of an update service: updates, devices, compliance, tokens.
+    Admin(cmd::admin::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,10 @@ fn main() -> ExitCode {
         Command::Repo(command) => cmd::repo::run(command),
         Command::Pki(command) => cmd::pki::run(command),
         Command::Endpoints(args) => cmd::endpoints::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Server(args) => cmd::server::run(args),
+        Command::Publish(args) => cmd::publish::run(args),
+        Command::Admin(args) => cmd::admin::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,8 +1,12 @@
 //! Subcommands of the `custody` binary, and the error reporting they share.
 
+pub mod admin;
+pub mod agent;
 pub mod endpoints;
 pub mod pki;
+pub mod publish;
 pub mod repo;
+pub mod server;
 pub mod tuf;
 
 /// Exit code of a command that failed (README, "Exit codes").
