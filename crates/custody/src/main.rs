@@ -39,6 +39,8 @@ enum Command {
     Publish(cmd::publish::Args),
     /// The admin API of an update service: updates, devices, compliance, tokens.
     Admin(cmd::admin::Args),
+    /// The whole system on this machine: service, sample updates of every kind, devices installing them.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd::server::run(args),
         Command::Publish(args) => cmd::publish::run(args),
         Command::Admin(args) => cmd::admin::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

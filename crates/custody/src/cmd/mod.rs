@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod demo;
 pub mod endpoints;
 pub mod pki;
 pub mod publish;
