@@ -20,7 +20,7 @@ use std::pin::Pin;
 use aws_lc_rs::digest::{Context, SHA256, SHA512};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A stream of content bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -211,13 +211,42 @@ impl ContentStore for DirStore {
     }
 
     fn read(&self, sha256: [u8; 32], range: Range<u64>) -> BoxFuture<'_, io::Result<ByteStream>> {
+        /// What one trip to the blocking pool brought back.
+        enum Opened {
+            /// The whole range: it fits in one chunk.
+            Whole(Bytes),
+            /// The file, positioned at the start of the range, to be streamed.
+            Positioned(std::fs::File),
+        }
+        let path = self.sha256_path(&sha256);
         Box::pin(async move {
-            let mut file = tokio::fs::File::open(self.sha256_path(&sha256)).await?;
-            if range.start > 0 {
-                file.seek(io::SeekFrom::Start(range.start)).await?;
-            }
-            let reader = file.take(range.end.saturating_sub(range.start));
-            let stream: ByteStream = Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK));
+            // Every tokio::fs call is a hand-off to the blocking pool and back; for small objects those hand-offs
+            // were most of a response's cost (bench: crates/server/benches/service.rs). So open, seek and, when the
+            // range fits in one chunk, read happen in a single blocking task.
+            let length = range.end.saturating_sub(range.start);
+            let opened = tokio::task::spawn_blocking(move || -> io::Result<Opened> {
+                use std::io::{Read, Seek};
+                let mut file = std::fs::File::open(&path)?;
+                if range.start > 0 {
+                    file.seek(io::SeekFrom::Start(range.start))?;
+                }
+                if length > READ_CHUNK as u64 {
+                    return Ok(Opened::Positioned(file));
+                }
+                // `length` fits in usize: it is at most READ_CHUNK.
+                let mut bytes = vec![0; length as usize];
+                file.read_exact(&mut bytes)?;
+                Ok(Opened::Whole(Bytes::from(bytes)))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            let stream: ByteStream = match opened {
+                Opened::Whole(bytes) => Box::pin(futures_util::stream::once(std::future::ready(Ok(bytes)))),
+                Opened::Positioned(file) => {
+                    let reader = tokio::fs::File::from_std(file).take(length);
+                    Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK))
+                }
+            };
             Ok(stream)
         })
     }
@@ -307,6 +336,20 @@ mod tests {
         assert_eq!(collect(store.read(hashes.sha256, 7..14).await.unwrap()).await, b"content");
         assert_eq!(store.lookup(ContentId::Sha256([0; 32])).await.unwrap(), None);
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_ranges_within_one_chunk_and_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let leaked: &'static [u8] = Box::leak(data.clone().into_boxed_slice());
+        let (hashes, _) = store.put(sha256(&data), stream(vec![leaked]), 1 << 20).await.unwrap();
+        let chunk = READ_CHUNK as u64;
+        for range in [0..200_000, 70_000..150_000, 100..100 + chunk, 100..101 + chunk, 199_990..200_000, 5..5] {
+            let got = collect(store.read(hashes.sha256, range.clone()).await.unwrap()).await;
+            assert_eq!(got, data[range.start as usize..range.end as usize], "range {range:?}");
+        }
     }
 
     #[tokio::test]

@@ -218,6 +218,11 @@ async fn serve_plain(listener: TcpListener, router: axum::Router, config: Servic
                 }
             },
         };
+        // Responses go out as soon as they are written (as nginx's `tcp_nodelay on`): with Nagle, a response written
+        // in more than one piece waits for the client's delayed ACK (40 ms) on a keep-alive connection.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
