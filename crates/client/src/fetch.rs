@@ -20,13 +20,11 @@ impl Fetcher for FileFetcher {
         let Some(path) = url.strip_prefix("file://") else {
             return Err(FetchError::Scheme { url: url.to_owned() });
         };
-        let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
-        // Open and read in one blocking task: tokio's `File` hands each read of a growing buffer to the blocking
-        // pool and back (a dozen round trips for a file of tens of kilobytes).
-        let body = tokio::task::spawn_blocking(move || read_capped(std::path::Path::new(&path), max_length))
-            .await
-            .map_err(|e| io(std::io::Error::other(e)))?
-            .map_err(io)?;
+        let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        // Read in place with blocking calls, as `MetadataDir` writes: a local file is read in microseconds to a
+        // millisecond or so, less than handing it to tokio's blocking pool costs (a thread to start on first use,
+        // two wake-ups per file; tokio's `File` even hands each read of a growing buffer to the pool and back).
+        let body = read_capped(std::path::Path::new(path.as_ref()), max_length).map_err(io)?;
         let Some(body) = body else { return Ok(None) };
         if body.len() as u64 > max_length {
             return Err(FetchError::TooLong { url: url.to_owned(), limit: max_length });

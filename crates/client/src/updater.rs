@@ -63,13 +63,20 @@ impl<F: Fetcher> Updater<F> {
     }
 
     /// Runs the top-level update cycle once. A failure leaves what was already persisted valid for the next cycle.
+    ///
+    /// What the cycle persisted is durable when it returns, whether it succeeded or not (see [`MetadataDir`]).
     pub async fn refresh(&mut self) -> Result<(), Error> {
-        self.load_root().await?;
-        self.load_timestamp().await?;
-        self.load_snapshot().await?;
-        self.load_targets("targets", "root").await?;
-        self.refreshed = true;
-        Ok(())
+        let cycle = async {
+            self.load_root().await?;
+            self.load_timestamp().await?;
+            self.load_snapshot().await?;
+            self.load_targets("targets", "root").await?;
+            self.refreshed = true;
+            Ok(())
+        }
+        .await;
+        self.store.sync();
+        cycle
     }
 
     /// Follows the chain of new root versions, each signed by the previous root and by itself.
@@ -82,6 +89,10 @@ impl<F: Fetcher> Updater<F> {
             };
             self.trusted.update_root(&bytes)?;
             self.store.persist("root", &bytes)?;
+            // Durable before anything signed with the new root's keys can be: files from one cycle may reach the disk
+            // in any order until the cycle's sync, and a timestamp or snapshot without the root that signed it would
+            // be no rollback floor at all after a power cut.
+            self.store.sync();
             info!(version, "trusted a new root");
         }
         Ok(())
@@ -202,14 +213,22 @@ impl<F: Fetcher> Updater<F> {
             self.refresh().await?;
         }
         let mut search = TargetSearch::new(path, self.limits.max_delegations);
-        loop {
-            match search.step(&mut self.trusted)? {
-                SearchStep::Load { role, delegator } => self.load_targets(&role, &delegator).await?,
-                SearchStep::Found(target) => return Ok(target),
-                SearchStep::NotFound => return Err(Error::TargetNotFound(path.to_owned())),
-                SearchStep::TooManyRoles(limit) => return Err(Error::TooManyRoles { path: path.to_owned(), limit }),
+        let found = async {
+            loop {
+                match search.step(&mut self.trusted)? {
+                    SearchStep::Load { role, delegator } => self.load_targets(&role, &delegator).await?,
+                    SearchStep::Found(target) => return Ok(target),
+                    SearchStep::NotFound => return Err(Error::TargetNotFound(path.to_owned())),
+                    SearchStep::TooManyRoles(limit) => {
+                        return Err(Error::TooManyRoles { path: path.to_owned(), limit });
+                    }
+                }
             }
         }
+        .await;
+        // The roles the search loaded, durable (see `MetadataDir`).
+        self.store.sync();
+        found
     }
 
     /// Every target under the catalog directory `dir` (a product), loading only the roles that can hold it.
@@ -218,13 +237,21 @@ impl<F: Fetcher> Updater<F> {
             self.refresh().await?;
         }
         let mut listing = TargetListing::new(dir, self.limits.max_listing_roles);
-        loop {
-            match listing.step(&mut self.trusted)? {
-                ListingStep::Load { role, delegator } => self.load_targets(&role, &delegator).await?,
-                ListingStep::Done(targets) => return Ok(targets),
-                ListingStep::TooManyRoles(limit) => return Err(Error::TooManyRoles { path: format!("{dir}/"), limit }),
+        let listed = async {
+            loop {
+                match listing.step(&mut self.trusted)? {
+                    ListingStep::Load { role, delegator } => self.load_targets(&role, &delegator).await?,
+                    ListingStep::Done(targets) => return Ok(targets),
+                    ListingStep::TooManyRoles(limit) => {
+                        return Err(Error::TooManyRoles { path: format!("{dir}/"), limit });
+                    }
+                }
             }
         }
+        .await;
+        // The roles the listing loaded, durable (see `MetadataDir`).
+        self.store.sync();
+        listed
     }
 
     /// Downloads `target` from `base_url` (consistent-snapshot name `dir/HASH.name` when the root asks for it), at

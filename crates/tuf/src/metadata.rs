@@ -43,6 +43,10 @@ impl RoleType {
 pub trait Signed: Serialize + DeserializeOwned {
     /// The `_type` value.
     const TYPE: &'static str;
+    /// The `_type` member (`TYPE` in any [`Metadata`] that was parsed).
+    fn type_field(&self) -> &str;
+    /// The `spec_version` member.
+    fn spec_version(&self) -> &str;
     fn version(&self) -> u64;
     fn expires(&self) -> jiff::Timestamp;
     /// Structural checks beyond what the type system already enforced while parsing.
@@ -92,13 +96,53 @@ impl<T: Signed> Metadata<T> {
     /// Refuses: invalid JSON, a `_type` other than `T::TYPE`, a malformed `signed` object, duplicate signature key
     /// ids, and `signed` objects that canonical JSON cannot represent.
     pub fn from_bytes(bytes: &[u8], role: &str) -> Result<Self, Error> {
+        let (signed, signatures, canonical_signed) = match Self::parse_canonical(bytes) {
+            Some(parsed) => parsed,
+            None => Self::parse_any(bytes, role)?,
+        };
+        signed.validate(role)?;
+        let mut keyids = BTreeSet::new();
+        for signature in &signatures {
+            if !keyids.insert(signature.keyid.as_str()) {
+                return Err(Error::malformed(role, format!("two signatures with key id {}", signature.keyid)));
+            }
+        }
+        Ok(Self { signed, signatures, canonical_signed })
+    }
+
+    /// The fast path of [`Metadata::from_bytes`], for an envelope in canonical form (as custody's repository tool
+    /// and [`Metadata::to_bytes`] write it): one pass over the bytes checks the form and yields the canonical bytes of `signed`
+    /// as they are in the text; the typed value is read from the text, with no JSON value in between. `None` if the
+    /// envelope is not canonical or fails any check: [`Metadata::parse_any`] then decides, so that errors are the
+    /// same whichever path a text takes.
+    fn parse_canonical(bytes: &[u8]) -> Option<(T, Vec<Signature>, Vec<u8>)> {
+        // White space around the envelope is no part of `signed` (many tools end a file with a newline).
+        let text = std::str::from_utf8(bytes).ok()?.trim_matches([' ', '\t', '\n', '\r']);
+        let read = crate::canonical::canonical_from_text(text)?;
+        let member = |name: &str| read.members.iter().find(|m| m.key == name);
+        let (signed_member, signatures_member) = (member("signed")?, member("signatures")?);
+        let signed: T = serde_json::from_str(signed_member.text).ok()?;
+        if signed.type_field() != T::TYPE || spec_version_problem(signed.spec_version()).is_some() {
+            return None;
+        }
+        let signatures: Vec<Signature> = serde_json::from_str(signatures_member.text).ok()?;
+        let range = signed_member.canonical.clone();
+        let mut canonical_signed = read.bytes;
+        canonical_signed.copy_within(range.clone(), 0);
+        canonical_signed.truncate(range.len());
+        Some((signed, signatures, canonical_signed))
+    }
+
+    /// The general path of [`Metadata::from_bytes`]: the `signed` object parsed to a JSON value, checked and
+    /// encoded in canonical form from it, then moved into the typed value.
+    fn parse_any(bytes: &[u8], role: &str) -> Result<(T, Vec<Signature>, Vec<u8>), Error> {
         #[derive(Deserialize)]
         struct Envelope {
             signed: Value,
             signatures: Vec<Signature>,
         }
-        let json_err = |source| Error::Json { role: role.to_owned(), source };
-        let envelope: Envelope = serde_json::from_slice(bytes).map_err(json_err)?;
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|source| Error::Json { role: role.to_owned(), source })?;
         let found_type = envelope.signed.get("_type").and_then(Value::as_str).unwrap_or_default();
         if found_type != T::TYPE {
             return Err(Error::WrongType { role: role.to_owned(), expected: T::TYPE, found: found_type.to_owned() });
@@ -107,17 +151,13 @@ impl<T: Signed> Metadata<T> {
             .map_err(|e| Error::Canonical { role: role.to_owned(), reason: e.to_string() })?;
         // The JSON value is moved into the typed one rather than copied (most of a catalog's bytes are `custom`
         // objects); `spec_version` is read before the move and its error still comes after the typed value's.
-        let spec_version = check_spec_version(&envelope.signed, role);
+        let spec_version =
+            spec_version_problem(envelope.signed.get("spec_version").and_then(Value::as_str).unwrap_or_default());
         let signed = T::deserialize(envelope.signed).map_err(|e| Error::malformed(role, e.to_string()))?;
-        spec_version?;
-        signed.validate(role)?;
-        let mut keyids = BTreeSet::new();
-        for signature in &envelope.signatures {
-            if !keyids.insert(signature.keyid.as_str()) {
-                return Err(Error::malformed(role, format!("two signatures with key id {}", signature.keyid)));
-            }
+        if let Some(problem) = spec_version {
+            return Err(Error::malformed(role, problem));
         }
-        Ok(Self { signed, signatures: envelope.signatures, canonical_signed })
+        Ok((signed, envelope.signatures, canonical_signed))
     }
 
     /// Wraps a freshly built `signed` value, without signatures.
@@ -191,14 +231,14 @@ impl<T: Signed> Metadata<T> {
     }
 }
 
-fn check_spec_version(signed: &Value, role: &str) -> Result<(), Error> {
-    let spec = signed.get("spec_version").and_then(Value::as_str).unwrap_or_default();
+/// Why `spec` is not a `spec_version` this crate accepts (same major version), if it is not.
+fn spec_version_problem(spec: &str) -> Option<String> {
     let parts: Vec<&str> = spec.split('.').collect();
     let numeric = parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if !(2..=3).contains(&parts.len()) || !numeric || parts[0] != crate::SPEC_VERSION.split('.').next().unwrap_or("1") {
-        return Err(Error::malformed(role, format!("unsupported spec_version {spec:?}")));
+        return Some(format!("unsupported spec_version {spec:?}"));
     }
-    Ok(())
+    None
 }
 
 /// Parses an `expires` value: `YYYY-MM-DDTHH:MM:SSZ`.
@@ -284,6 +324,12 @@ impl Root {
 
 impl Signed for Root {
     const TYPE: &'static str = "root";
+    fn type_field(&self) -> &str {
+        &self.type_
+    }
+    fn spec_version(&self) -> &str {
+        &self.spec_version
+    }
     fn version(&self) -> u64 {
         self.version
     }
@@ -413,6 +459,12 @@ impl Timestamp {
 
 impl Signed for Timestamp {
     const TYPE: &'static str = "timestamp";
+    fn type_field(&self) -> &str {
+        &self.type_
+    }
+    fn spec_version(&self) -> &str {
+        &self.spec_version
+    }
     fn version(&self) -> u64 {
         self.version
     }
@@ -444,6 +496,12 @@ pub struct Snapshot {
 
 impl Signed for Snapshot {
     const TYPE: &'static str = "snapshot";
+    fn type_field(&self) -> &str {
+        &self.type_
+    }
+    fn spec_version(&self) -> &str {
+        &self.spec_version
+    }
     fn version(&self) -> u64 {
         self.version
     }
@@ -504,6 +562,12 @@ pub struct Targets {
 
 impl Signed for Targets {
     const TYPE: &'static str = "targets";
+    fn type_field(&self) -> &str {
+        &self.type_
+    }
+    fn spec_version(&self) -> &str {
+        &self.spec_version
+    }
     fn version(&self) -> u64 {
         self.version
     }
@@ -843,6 +907,29 @@ mod tests {
         let again = Metadata::<Targets>::from_bytes(&stored, "targets").unwrap();
         assert_eq!(again.canonical_signed(), metadata.canonical_signed());
         assert!(again.check_signatures("targets", &keys, std::slice::from_ref(&keyid), 1).is_ok());
+    }
+
+    /// Metadata as custody stores it (and its repository tool writes it) takes the path that builds no JSON value;
+    /// the same metadata pretty-printed takes the general one, to the same result.
+    #[test]
+    fn stored_metadata_is_read_from_its_canonical_text() {
+        let key = PrivateKey::generate(crate::PrivateKeyKind::Ed25519).unwrap();
+        let metadata = signed_targets(
+            &key,
+            serde_json::json!({"_type": "targets", "spec_version": "1.0.34", "version": 1,
+                               "expires": "2030-01-01T00:00:00Z", "x-text": "line\nnext\u{0}",
+                               "targets": {"a": {"length": 1, "hashes": {"sha256": "ab"}, "custom": {"k": [1, -2]}}}}),
+        );
+        let stored = metadata.to_bytes();
+        let (signed, signatures, canonical) = Metadata::<Targets>::parse_canonical(&stored).expect("canonical text");
+        assert_eq!(
+            (&signed, &signatures[..], &canonical[..]),
+            (metadata.signed(), metadata.signatures(), metadata.canonical_signed())
+        );
+        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&stored).unwrap()).unwrap();
+        assert!(Metadata::<Targets>::parse_canonical(&pretty).is_none());
+        let again = Metadata::<Targets>::from_bytes(&pretty, "targets").unwrap();
+        assert_eq!((again.signed(), again.canonical_signed()), (metadata.signed(), metadata.canonical_signed()));
     }
 
     /// Found by the `canonical_json` fuzz target: with NFC-normalising canonical JSON, `"\u212aernel.img"` (KELVIN

@@ -113,6 +113,134 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Parsing: the same metadata in any text form
+
+/// A `signed` object that is mostly valid targets metadata: a few wrong types, spec versions, versions and hash
+/// lists, and `custom` and unknown members of any JSON (sometimes with a float, which canonical JSON refuses).
+fn targets_like() -> impl Strategy<Value = Value> {
+    let any_string = "(\\PC|[\\x00-\\x1f\"\\\\/\u{7f}\u{212a}])*";
+    let extra = prop_oneof![
+        4 => json_value(any_string),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!([f])),
+    ];
+    let target =
+        (any::<u64>(), prop::bool::weighted(0.9), prop::option::of(extra.clone()), prop::option::of(extra.clone()))
+            .prop_map(|(length, hashed, custom, unknown)| {
+                let mut t =
+                    json!({"length": length, "hashes": if hashed { json!({"sha256": "ab"}) } else { json!({}) }});
+                if let Some(custom) = custom {
+                    t["custom"] = custom;
+                }
+                if let Some(unknown) = unknown {
+                    t["x-unknown"] = unknown;
+                }
+                t
+            });
+    (
+        prop::sample::select(vec!["targets", "targets", "targets", "targets", "targets", "root"]),
+        prop::sample::select(vec!["1.0.34", "1.0.34", "1.0.34", "1.0", "2.0.0", "1.0.x"]),
+        0u64..4,
+        prop::collection::btree_map(any_string, target, 0..4),
+        prop::option::of(extra),
+    )
+        .prop_map(|(type_, spec_version, version, targets, extra)| {
+            let mut signed = json!({"_type": type_, "spec_version": spec_version, "version": version,
+                                    "expires": "2030-01-01T00:00:00Z", "targets": targets});
+            if let Some(extra) = extra {
+                signed["x-extra"] = extra;
+            }
+            signed
+        })
+}
+
+/// JSON text of `v` with every object's members in reverse order and every string escaped as `\uXXXX`.
+fn reversed_and_escaped(v: &Value, out: &mut String) {
+    let string = |s: &str, out: &mut String| {
+        out.push('"');
+        for unit in s.encode_utf16() {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+        out.push('"');
+    };
+    match v {
+        Value::String(s) => string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                out.push_str(if i > 0 { "," } else { "" });
+                reversed_and_escaped(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().rev().enumerate() {
+                out.push_str(if i > 0 { "," } else { "" });
+                string(key, out);
+                out.push(':');
+                reversed_and_escaped(item, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// `Metadata::from_bytes` reads canonical text (as custody and other repositories write it) without building a
+    /// JSON value, and any other text through one: whatever the form of the `signed` object — custody's own
+    /// `to_bytes`, serde_json's, pretty-printed, members reversed with every character escaped — the result is the
+    /// same: the same canonical bytes (which the signature covers), the same typed value, or the same error.
+    #[test]
+    fn every_text_form_parses_to_the_same_metadata(signed in targets_like()) {
+        let key = &pool()[0];
+        let keys = BTreeMap::from([(key.key_id(), key.public().clone())]);
+        let signature = |canonical: &[u8]| json!([{"keyid": key.key_id(), "sig": key.sign(canonical).unwrap()}]);
+        let envelope = |signed_text: &str, signatures: &Value| {
+            format!("{{\"signatures\":{signatures},\"signed\":{signed_text}}}").into_bytes()
+        };
+        let signatures = to_canonical_json(&signed).map(|c| signature(&c)).unwrap_or(json!([]));
+        let mut reversed = String::new();
+        reversed_and_escaped(&signed, &mut reversed);
+        // `signed` in serde_json's compact form (canonical, control characters escaped as in custody's stored form),
+        // pretty-printed, and with members reversed and every character escaped.
+        let mut envelopes: Vec<Vec<u8>> = [
+            serde_json::to_string(&signed).unwrap(),
+            serde_json::to_string_pretty(&signed).unwrap(),
+            reversed,
+        ]
+        .iter()
+        .map(|text| envelope(text, &signatures))
+        .collect();
+        let first = Metadata::<Targets>::from_bytes(&envelopes[0], "targets");
+        if let Ok(metadata) = &first {
+            // As custody stores it, and with white space around it (many tools end a file with a newline).
+            let stored = metadata.to_bytes();
+            envelopes.push([b" ".as_slice(), &stored, b"\r\n\t"].concat());
+            envelopes.push(stored);
+        }
+        let outcome = |parsed: Result<Metadata<Targets>, Error>| match parsed {
+            Ok(m) => {
+                let verified = m.check_signatures("targets", &keys, &[key.key_id()], 1).is_ok();
+                Ok((m.canonical_signed().to_vec(), m.signed().clone(), verified))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let expected = outcome(first);
+        if let Ok((canonical, _, verified)) = &expected {
+            prop_assert_eq!(canonical, &to_canonical_json(&signed).unwrap());
+            prop_assert!(verified);
+        }
+        for bytes in &envelopes[1..] {
+            let parsed = Metadata::<Targets>::from_bytes(bytes, "targets");
+            prop_assert_eq!(&outcome(parsed), &expected, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Signature thresholds
 
 /// Eight fixed ed25519 keys: the first six can be listed, the last two never are.
