@@ -46,7 +46,7 @@ fn main() {
     std::fs::create_dir_all(www.join("bench")).expect("www");
     std::fs::create_dir_all(&staging).expect("staging");
     let (target, entry) = write_payload(&www, mib << 20);
-    let sha256 = target.file.sha256().expect("sha256").to_owned();
+    let sha256 = target.file().sha256().expect("sha256").to_owned();
     let nginx = Nginx::start(work.path(), &www);
     let base = format!("http://{}/", nginx.addr);
     let url = format!("{base}bench/{sha256}.payload");
@@ -149,7 +149,7 @@ fn write_payload(www: &Path, size: u64) -> (TrustedTarget, UpdateEntry) {
     let entry = UpdateEntry::from_description(&description, content).expect("entry");
     let hashes = BTreeMap::from([("sha256".to_owned(), sha256)]);
     let file = TargetFile { length: size, hashes, custom: Some(entry.to_custom_json()), unrecognized: BTreeMap::new() };
-    (TrustedTarget { path: "bench/payload".into(), role: "targets".into(), file }, entry)
+    (TrustedTarget::for_tests("bench/payload".into(), "targets".into(), file), entry)
 }
 
 fn device() -> DeviceInventory {

@@ -100,14 +100,14 @@ impl Downloader {
                 attempt += 1;
                 let mut writer = ArtifactWriter::resume(job.staging_dir, job.target, job.entry, job.device)
                     .map_err(Error::from_install)?;
-                let outcome = match writer.written() == job.target.file.length {
+                let outcome = match writer.written() == job.target.file().length {
                     true => Ok(()),
                     false => self.transfer(&job, &url, source, &mut writer, progress).await,
                 };
                 match outcome {
                     Ok(()) => match writer.finish() {
                         Ok(artifact) => {
-                            info!(target = %job.target.path, %url, "downloaded and verified");
+                            info!(target = %job.target.path(), %url, "downloaded and verified");
                             return Ok(artifact);
                         }
                         Err(
@@ -137,7 +137,7 @@ impl Downloader {
                 }
             }
         }
-        Err(Error::Download { path: job.target.path.clone(), failures })
+        Err(Error::Download { path: job.target.path().to_owned(), failures })
     }
 
     /// One request: from `writer.written()` to the end, or until something fails.
@@ -194,7 +194,7 @@ impl Downloader {
             }
             _ => return Err(Attempt::SourceFailed(format!("HTTP {status}"))),
         }
-        let total = job.target.file.length;
+        let total = job.target.file().length;
         let step = (total / 100).max(64 * 1024);
         let mut reported = writer.written();
         let mut response = response;
@@ -226,23 +226,23 @@ impl Downloader {
 impl Job<'_> {
     /// The file name under a source's base URL: `dir/<sha256>.name` with consistent snapshots, else the path.
     fn file_name(&self) -> String {
-        match (self.consistent_snapshot, self.target.file.sha256()) {
-            (true, Some(sha256)) => match self.target.path.rsplit_once('/') {
+        match (self.consistent_snapshot, self.target.file().sha256()) {
+            (true, Some(sha256)) => match self.target.path().rsplit_once('/') {
                 Some((dir, name)) => format!("{dir}/{sha256}.{name}"),
-                None => format!("{sha256}.{}", self.target.path),
+                None => format!("{sha256}.{}", self.target.path()),
             },
-            _ => self.target.path.clone(),
+            _ => self.target.path().to_owned(),
         }
     }
 
     /// Where the partial download of this job lives (the install engine's naming: `<sha256>.download`).
     pub fn partial_path(&self) -> PathBuf {
-        let sha256 = self.target.file.sha256().unwrap_or_default().to_ascii_lowercase();
+        let sha256 = self.target.file().sha256().unwrap_or_default().to_ascii_lowercase();
         self.staging_dir.join(format!("{sha256}.download"))
     }
 
     /// Whether the whole file is on disk (it is verified again, once, when it is installed).
     pub fn partial_complete(&self) -> bool {
-        std::fs::metadata(self.partial_path()).is_ok_and(|m| m.len() == self.target.file.length)
+        std::fs::metadata(self.partial_path()).is_ok_and(|m| m.len() == self.target.file().length)
     }
 }

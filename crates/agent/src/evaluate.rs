@@ -113,8 +113,8 @@ impl Needed {
             severity: entry.severity().map(|s| s.as_str().to_owned()),
             version: entry.version().to_string(),
             reboot: entry.reboot().as_str().to_owned(),
-            path: self.target.path.clone(),
-            length: self.target.file.length,
+            path: self.target.path().to_owned(),
+            length: self.target.file().length,
             after: self.after.clone(),
         }
     }
@@ -122,26 +122,27 @@ impl Needed {
 
 /// Parses the catalog entry of a target and checks it against the signed target. `Ok(None)`: not an update.
 pub fn parse_entry(target: &TrustedTarget) -> Result<Option<UpdateEntry>, String> {
-    let Some(custom) = &target.file.custom else { return Ok(None) };
+    let Some(custom) = &target.file().custom else { return Ok(None) };
     if custom.get(custody_catalog::NAMESPACE).is_none() {
         return Ok(None);
     }
     let entry = UpdateEntry::parse(custom).map_err(|e| e.to_string())?;
     let content = entry.content();
-    if content.length.get() != target.file.length {
+    if content.length.get() != target.file().length {
         return Err(format!(
             "custody.content.length {} disagrees with the signed target length {}",
-            content.length, target.file.length
+            content.length,
+            target.file().length
         ));
     }
-    match target.file.hashes.get("sha256") {
+    match target.file().hashes.get("sha256") {
         Some(signed) if *signed == content.sha256.to_string() => {}
         Some(signed) => {
             return Err(format!("custody.content.sha256 {} disagrees with the signed sha256 {signed}", content.sha256));
         }
         None => return Err("the signed target has no sha256 hash".into()),
     }
-    let first_segment = target.path.split('/').next().unwrap_or_default();
+    let first_segment = target.path().split('/').next().unwrap_or_default();
     if first_segment != entry.product().as_str() {
         return Err(format!(
             "custody.product {} is not the path's product directory {first_segment:?}",
@@ -160,7 +161,7 @@ pub fn evaluate(device: &DeviceInventory, targets: Vec<TrustedTarget>) -> Evalua
     for target in targets {
         match parse_entry(&target) {
             Ok(None) => {}
-            Err(problem) => out.rejected.push(Rejected { path: target.path.clone(), problem }),
+            Err(problem) => out.rejected.push(Rejected { path: target.path().to_owned(), problem }),
             Ok(Some(entry)) => match latest.remove(&entry.id()) {
                 Some((kept, kept_target)) if kept.revision() >= entry.revision() => {
                     older.push((entry, target));
@@ -277,7 +278,7 @@ fn skipped(entry: &UpdateEntry, target: &TrustedTarget, reason: SkipReason) -> S
         revision: entry.revision(),
         title: entry.title().to_owned(),
         product: entry.product().to_string(),
-        path: target.path.clone(),
+        path: target.path().to_owned(),
         reason,
     }
 }
@@ -312,7 +313,7 @@ mod tests {
             entry[k] = v.clone();
         }
         let file = custody_tuf::TargetFile::describing(&content, Some(json!({ "custody": entry })));
-        TrustedTarget { path: format!("acme/{update}-{revision}.tar"), role: "acme".into(), file }
+        TrustedTarget::for_tests(format!("acme/{update}-{revision}.tar"), "acme".into(), file)
     }
 
     fn device(installed: &[&str]) -> DeviceInventory {
@@ -395,22 +396,26 @@ mod tests {
 
     #[test]
     fn disagreeing_or_misplaced_entries_are_rejected() {
-        let mut wrong_length = target(A, 1, json!({}));
-        wrong_length.file.length += 1;
-        let mut wrong_hash = target(B, 1, json!({}));
-        wrong_hash.file.hashes.insert("sha256".into(), "00".repeat(32));
-        let mut wrong_product = target(C, 1, json!({}));
-        wrong_product.path = "other/x.tar".into();
-        let bad_entry = TrustedTarget {
-            path: "acme/bad".into(),
-            role: "acme".into(),
-            file: custody_tuf::TargetFile::describing(b"x", Some(json!({"custody": {"schema": 1, "shell": "rm"}}))),
+        let altered = |target: TrustedTarget, path: Option<&str>, alter: &dyn Fn(&mut custody_tuf::TargetFile)| {
+            let mut file = target.file().clone();
+            alter(&mut file);
+            TrustedTarget::for_tests(path.unwrap_or(target.path()).to_owned(), target.role().to_owned(), file)
         };
-        let not_an_update = TrustedTarget {
-            path: "acme/readme".into(),
-            role: "acme".into(),
-            file: custody_tuf::TargetFile::describing(b"x", None),
-        };
+        let wrong_length = altered(target(A, 1, json!({})), None, &|file| file.length += 1);
+        let wrong_hash = altered(target(B, 1, json!({})), None, &|file| {
+            file.hashes.insert("sha256".into(), "00".repeat(32));
+        });
+        let wrong_product = altered(target(C, 1, json!({})), Some("other/x.tar"), &|_| {});
+        let bad_entry = TrustedTarget::for_tests(
+            "acme/bad".into(),
+            "acme".into(),
+            custody_tuf::TargetFile::describing(b"x", Some(json!({"custody": {"schema": 1, "shell": "rm"}}))),
+        );
+        let not_an_update = TrustedTarget::for_tests(
+            "acme/readme".into(),
+            "acme".into(),
+            custody_tuf::TargetFile::describing(b"x", None),
+        );
         let out = evaluate(&device(&[]), vec![wrong_length, wrong_hash, wrong_product, bad_entry, not_an_update]);
         assert!(out.needed.is_empty() && out.skipped.is_empty());
         let problems: Vec<_> = out.rejected.iter().map(|r| r.problem.as_str()).collect();

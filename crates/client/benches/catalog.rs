@@ -548,7 +548,7 @@ fn child(phase: &str, args: &[String]) {
                 let started = Clock::start();
                 for path in &paths {
                     let target = rt.block_on(client.target_info(path)).expect("target");
-                    found.push(target.file.sha256().unwrap_or_default().to_owned());
+                    found.push(target.file().sha256().unwrap_or_default().to_owned());
                 }
                 started.elapsed()
             }

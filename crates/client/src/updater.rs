@@ -260,10 +260,10 @@ impl<F: Fetcher> Updater<F> {
         let base = base_url.trim_end_matches('/');
         let name = match (self.trusted.root().consistent_snapshot(), target.consistent_paths().first()) {
             (true, Some(hashed)) => hashed.clone(),
-            _ => target.path.clone(),
+            _ => target.path().to_owned(),
         };
         let url = format!("{base}/{name}");
-        let bytes = self.fetcher.fetch(&url, target.file.length).await?.ok_or_else(|| Error::Missing(url.clone()))?;
+        let bytes = self.fetcher.fetch(&url, target.file().length).await?.ok_or_else(|| Error::Missing(url.clone()))?;
         Ok(target.verify(bytes)?)
     }
 
@@ -275,10 +275,10 @@ impl<F: Fetcher> Updater<F> {
         base_url: &str,
         dir: &Path,
     ) -> Result<PathBuf, Error> {
-        let path = dir.join(encode_role(&target.path));
+        let path = dir.join(encode_role(&target.path()));
         match std::fs::read(&path) {
             Ok(existing) if target.matches(&existing) => {
-                debug!(target = target.path, "already downloaded");
+                debug!(target = target.path(), "already downloaded");
                 return Ok(path);
             }
             Ok(_) => {}

@@ -47,7 +47,7 @@ async fn first_scan_fetches_only_the_products_the_device_has() {
     let mut client = updater(device.path(), &server, true);
     let alpha = client.list_targets("alpha").await.unwrap();
     assert_eq!(alpha.len(), 3);
-    assert!(alpha.iter().all(|t| t.role == "alpha" && t.path.starts_with("alpha/")));
+    assert!(alpha.iter().all(|t| t.role() == "alpha" && t.path().starts_with("alpha/")));
     assert_eq!(
         server.take_requests(),
         [

@@ -112,7 +112,7 @@ async fn delegated_roles_are_loaded_lazily_in_search_order() {
     updater.refresh().await.unwrap();
     server.take_requests();
     let target = updater.target_info("apps/x").await.unwrap();
-    assert_eq!(target.role, "apps-beta");
+    assert_eq!(target.role(), "apps-beta");
     assert_eq!(server.take_requests(), ["/metadata/1.apps.json", "/metadata/1.apps-beta.json"]);
     assert!(matches!(updater.target_info("apps/none").await, Err(Error::TargetNotFound(_))));
 }
@@ -134,7 +134,7 @@ async fn delegation_search_is_bounded() {
     let mut updater = client.updater(&server, limits, Duration::from_secs(10));
     assert!(matches!(updater.target_info("deep").await, Err(Error::TooManyRoles { limit: 4, .. })));
     let mut unbounded = client.default_updater(&server);
-    assert_eq!(unbounded.target_info("deep").await.unwrap().role, "level5");
+    assert_eq!(unbounded.target_info("deep").await.unwrap().role(), "level5");
 }
 
 #[tokio::test]

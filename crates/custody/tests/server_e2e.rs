@@ -223,7 +223,7 @@ async fn publish_fetch_enroll_report_and_comply() {
     let fetcher = HttpFetcher::new(https.clone(), Duration::from_secs(30));
     let mut updater = Updater::new(config, fetcher, jiff::Timestamp::now()).unwrap();
     let target = updater.target_info("acme-agent/acme-agent-2.4.0.tar.zst").await.unwrap();
-    assert_eq!(target.file.custom.as_ref().unwrap()["custody"]["id"], UPDATE_ID);
+    assert_eq!(target.file().custom.as_ref().unwrap()["custody"]["id"], UPDATE_ID);
     let name = target.consistent_paths().into_iter().next().unwrap();
     let downloaded = plain.get(format!("{}/targets/{name}", server.http)).send().await.unwrap().bytes().await.unwrap();
     let content = target.verify(downloaded.to_vec()).expect("the content matches the signed hashes");

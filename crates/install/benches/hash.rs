@@ -121,7 +121,7 @@ fn targets_for(chunk: &[u8], total: u64, algorithms: &[&str]) -> (TrustedTarget,
     let entry = UpdateEntry::from_description(&description, content).expect("entry");
     let file =
         TargetFile { length: total, hashes, custom: Some(entry.to_custom_json()), unrecognized: BTreeMap::new() };
-    (TrustedTarget { path: "bench/payload".into(), role: "bench".into(), file }, entry)
+    (TrustedTarget::for_tests("bench/payload".into(), "bench".into(), file), entry)
 }
 
 fn device() -> DeviceInventory {

@@ -142,7 +142,7 @@ impl ArtifactWriter {
     ) -> Result<Self, Error> {
         let (caller, others) = Self::check_intention(target, entry, device)?;
         let path = Self::download_path(staging_dir, target);
-        fs::ensure_space(staging_dir, target.file.length)?;
+        fs::ensure_space(staging_dir, target.file().length)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -151,7 +151,7 @@ impl ArtifactWriter {
             .mode(0o600)
             .open(&path)
             .map_err(Error::io("create", &path))?;
-        tracing::debug!(target = %target.path, path = %path.display(), "download started");
+        tracing::debug!(target = %target.path(), path = %path.display(), "download started");
         Ok(Self {
             path,
             target: target.clone(),
@@ -183,11 +183,11 @@ impl ArtifactWriter {
             .open(&path)
             .map_err(Error::io("open", &path))?;
         let found = file.metadata().map_err(Error::io("stat", &path))?.len();
-        let length = target.file.length;
+        let length = target.file().length;
         if found > length {
             drop(file);
             fs::remove_file(&path)?;
-            return Err(Error::PartialTooLong { path: target.path.clone(), length, found });
+            return Err(Error::PartialTooLong { path: target.path().to_owned(), length, found });
         }
         fs::ensure_space(staging_dir, length - found)?;
         let mut buffer = vec![0u8; BUFFER];
@@ -206,7 +206,7 @@ impl ArtifactWriter {
         // Continue exactly after the bytes that were hashed, even if the file changed while it was read.
         file.set_len(read).map_err(Error::io("truncate", &path))?;
         file.seek(SeekFrom::Start(read)).map_err(Error::io("seek", &path))?;
-        tracing::debug!(target = %target.path, resumed_at = read, "download resumed");
+        tracing::debug!(target = %target.path(), resumed_at = read, "download resumed");
         buffer.clear();
         Ok(Self {
             path,
@@ -224,13 +224,13 @@ impl ArtifactWriter {
     /// ([`Error::WriterFailed`]); after an I/O error the partial file stays for [`ArtifactWriter::resume`].
     pub fn write(&mut self, data: &[u8]) -> Result<(), Error> {
         if self.io.is_none() {
-            return Err(Error::WriterFailed { path: self.target.path.clone() });
+            return Err(Error::WriterFailed { path: self.target.path().to_owned() });
         }
-        let length = self.target.file.length;
+        let length = self.target.file().length;
         if data.len() as u64 > length - self.written {
             self.stop_io();
             fs::remove_file(&self.path)?;
-            return Err(Error::TooLong { path: self.target.path.clone(), length });
+            return Err(Error::TooLong { path: self.target.path().to_owned(), length });
         }
         self.caller.context.update(data);
         let mut rest = data;
@@ -265,19 +265,19 @@ impl ArtifactWriter {
     /// [`VerifiedArtifact`]. Otherwise the partial file is removed and the error names what did not match.
     pub fn finish(mut self) -> Result<VerifiedArtifact, Error> {
         if self.io.is_none() {
-            return Err(Error::WriterFailed { path: self.target.path.clone() });
+            return Err(Error::WriterFailed { path: self.target.path().to_owned() });
         }
         let Some(IoDone { file, hashers, error }) = self.stop_io() else {
-            return Err(Error::WriterFailed { path: self.target.path.clone() });
+            return Err(Error::WriterFailed { path: self.target.path().to_owned() });
         };
         if let Some(error) = error {
             return Err(Error::io("write", &self.path)(error));
         }
-        let length = self.target.file.length;
+        let length = self.target.file().length;
         if self.written != length {
             drop(file);
             fs::remove_file(&self.path)?;
-            return Err(Error::LengthMismatch { path: self.target.path.clone(), length, received: self.written });
+            return Err(Error::LengthMismatch { path: self.target.path().to_owned(), length, received: self.written });
         }
         let mut all: Vec<Hasher> = std::iter::once(self.caller.clone()).chain(hashers).collect();
         all.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
@@ -285,12 +285,12 @@ impl ArtifactWriter {
             if hasher.context.finish().as_ref() != hasher.expected.as_slice() {
                 drop(file);
                 fs::remove_file(&self.path)?;
-                return Err(Error::HashMismatch { path: self.target.path.clone(), algorithm: hasher.algorithm });
+                return Err(Error::HashMismatch { path: self.target.path().to_owned(), algorithm: hasher.algorithm });
             }
         }
         file.sync_all().map_err(Error::io("sync", &self.path))?;
         fs::sync_dir(fs::parent(&self.path))?;
-        tracing::info!(target = %self.target.path, length, "download verified");
+        tracing::info!(target = %self.target.path(), length, "download verified");
         let path = std::mem::take(&mut self.path);
         Ok(VerifiedArtifact { path, file, target: self.target.clone(), entry: self.entry.clone() })
     }
@@ -298,7 +298,7 @@ impl ArtifactWriter {
     /// Hands the full buffer to the I/O thread; on a write failure, stops it and returns the error.
     fn hand_over(&mut self) -> Result<(), Error> {
         let Some(io) = &self.io else {
-            return Err(Error::WriterFailed { path: self.target.path.clone() });
+            return Err(Error::WriterFailed { path: self.target.path().to_owned() });
         };
         let full = std::mem::take(&mut self.buffer);
         match io.exchange(full) {
@@ -332,32 +332,32 @@ impl ArtifactWriter {
         entry: &UpdateEntry,
         device: &DeviceInventory,
     ) -> Result<(Hasher, Vec<Hasher>), Error> {
-        let path = &target.path;
-        let Some(custom) = &target.file.custom else {
-            return Err(Error::NoCatalogEntry { path: path.clone(), reason: "no custom metadata".into() });
+        let path = target.path();
+        let Some(custom) = &target.file().custom else {
+            return Err(Error::NoCatalogEntry { path: path.to_owned(), reason: "no custom metadata".into() });
         };
         let signed = UpdateEntry::parse(custom)
-            .map_err(|error| Error::NoCatalogEntry { path: path.clone(), reason: error.to_string() })?;
+            .map_err(|error| Error::NoCatalogEntry { path: path.to_owned(), reason: error.to_string() })?;
         if signed != *entry {
-            return Err(Error::EntryNotSigned { path: path.clone() });
+            return Err(Error::EntryNotSigned { path: path.to_owned() });
         }
         let product = entry.product().as_str();
         if path.split('/').next() != Some(product) || !path.contains('/') {
-            return Err(Error::ProductPath { path: path.clone(), product: product.to_owned() });
+            return Err(Error::ProductPath { path: path.to_owned(), product: product.to_owned() });
         }
 
         let content = entry.content();
-        if content.length.get() != target.file.length {
+        if content.length.get() != target.file().length {
             return Err(Error::ContentMismatch {
-                path: path.clone(),
+                path: path.to_owned(),
                 field: "length",
                 entry: content.length.to_string(),
-                target: target.file.length.to_string(),
+                target: target.file().length.to_string(),
             });
         }
-        let Some(signed_sha256) = target.file.sha256() else {
+        let Some(signed_sha256) = target.file().sha256() else {
             return Err(Error::BadSignedHash {
-                path: path.clone(),
+                path: path.to_owned(),
                 algorithm: "sha256".into(),
                 problem: "not listed; custody requires it",
             });
@@ -365,25 +365,25 @@ impl ArtifactWriter {
         let entry_sha256 = content.sha256.to_string();
         if !signed_sha256.eq_ignore_ascii_case(&entry_sha256) {
             return Err(Error::ContentMismatch {
-                path: path.clone(),
+                path: path.to_owned(),
                 field: "sha256",
                 entry: entry_sha256,
                 target: signed_sha256.to_owned(),
             });
         }
 
-        let mut hashers = Vec::with_capacity(target.file.hashes.len());
-        for (algorithm, expected) in &target.file.hashes {
+        let mut hashers = Vec::with_capacity(target.file().hashes.len());
+        for (algorithm, expected) in &target.file().hashes {
             let kind = match algorithm.as_str() {
                 "sha256" => &digest::SHA256,
                 "sha512" => &digest::SHA512,
-                _ => return Err(Error::UnsupportedHash { path: path.clone(), algorithm: algorithm.clone() }),
+                _ => return Err(Error::UnsupportedHash { path: path.to_owned(), algorithm: algorithm.clone() }),
             };
             let expected = match hex::decode(expected) {
                 Ok(bytes) if bytes.len() == kind.output_len() => bytes,
                 _ => {
                     return Err(Error::BadSignedHash {
-                        path: path.clone(),
+                        path: path.to_owned(),
                         algorithm: algorithm.clone(),
                         problem: "not hex of the algorithm's output length",
                     });
@@ -421,7 +421,7 @@ impl ArtifactWriter {
     /// `<staging>/<sha256>.download`: named by the signed hash, which is safe as a file name (checked hex).
     fn download_path(staging_dir: &Path, target: &TrustedTarget) -> PathBuf {
         // `check_intention` ran first: the SHA-256 is listed and is hex.
-        let sha256 = target.file.sha256().unwrap_or_default().to_ascii_lowercase();
+        let sha256 = target.file().sha256().unwrap_or_default().to_ascii_lowercase();
         staging_dir.join(format!("{sha256}.download"))
     }
 }
@@ -509,7 +509,7 @@ mod tests {
         let (content, _) = hasher.finish().unwrap();
         let entry = UpdateEntry::from_description(&description, content).unwrap();
         let file = TargetFile::describing(payload, Some(entry.to_custom_json()));
-        (TrustedTarget { path: "acme/acme-1.0.tar.zst".into(), role: "acme".into(), file }, entry)
+        (TrustedTarget::for_tests("acme/acme-1.0.tar.zst".into(), "acme".into(), file), entry)
     }
 
     #[test]
@@ -557,12 +557,21 @@ mod tests {
         assert!(matches!(writer.write(b"x"), Err(Error::WriterFailed { .. })));
     }
 
+    /// `target` with its signed file (and path) changed, as a hostile or broken repository could not sign it.
+    fn altered(target: &TrustedTarget, path: Option<&str>, alter: impl FnOnce(&mut TargetFile)) -> TrustedTarget {
+        let mut file = target.file().clone();
+        alter(&mut file);
+        TrustedTarget::for_tests(path.unwrap_or(target.path()).to_owned(), target.role().to_owned(), file)
+    }
+
     #[test]
     fn only_the_sha512_wrong_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let payload = b"payload".to_vec();
-        let (mut target, entry) = target(&payload, "x86_64");
-        target.file.hashes.insert("sha512".into(), hex::encode([7u8; 64]));
+        let (target, entry) = target(&payload, "x86_64");
+        let target = altered(&target, None, |file| {
+            file.hashes.insert("sha512".into(), hex::encode([7u8; 64]));
+        });
         let mut writer = ArtifactWriter::create(dir.path(), &target, &entry, &device()).unwrap();
         writer.write(&payload).unwrap();
         let error = writer.finish().unwrap_err();
@@ -587,33 +596,33 @@ mod tests {
         assert!(matches!(create(&arm_target, &arm_entry, &device()), Error::NotApplicable { .. }));
 
         // Signed length differs from the entry's content length.
-        let mut longer = target.clone();
-        longer.file.length += 1;
+        let longer = altered(&target, None, |file| file.length += 1);
         assert!(matches!(create(&longer, &entry, &device()), Error::ContentMismatch { field: "length", .. }));
 
         // Signed SHA-256 differs from the entry's.
-        let mut other_hash = target.clone();
-        other_hash.file.hashes.insert("sha256".into(), hex::encode([1u8; 32]));
+        let other_hash = altered(&target, None, |file| {
+            file.hashes.insert("sha256".into(), hex::encode([1u8; 32]));
+        });
         assert!(matches!(create(&other_hash, &entry, &device()), Error::ContentMismatch { field: "sha256", .. }));
 
         // No SHA-256, or an algorithm that cannot be checked.
-        let mut no_sha256 = target.clone();
-        no_sha256.file.hashes.remove("sha256");
+        let no_sha256 = altered(&target, None, |file| {
+            file.hashes.remove("sha256");
+        });
         assert!(matches!(create(&no_sha256, &entry, &device()), Error::BadSignedHash { .. }));
-        let mut unknown = target.clone();
-        unknown.file.hashes.insert("md5".into(), "00".repeat(16));
+        let unknown = altered(&target, None, |file| {
+            file.hashes.insert("md5".into(), "00".repeat(16));
+        });
         assert!(
             matches!(create(&unknown, &entry, &device()), Error::UnsupportedHash { algorithm, .. } if algorithm == "md5")
         );
 
         // A path outside the entry's product.
-        let mut elsewhere = target.clone();
-        elsewhere.path = "other/acme-1.0.tar.zst".into();
+        let elsewhere = altered(&target, Some("other/acme-1.0.tar.zst"), |_| {});
         assert!(matches!(create(&elsewhere, &entry, &device()), Error::ProductPath { .. }));
 
         // No catalog entry at all.
-        let mut bare = target.clone();
-        bare.file.custom = None;
+        let bare = altered(&target, None, |file| file.custom = None);
         assert!(matches!(create(&bare, &entry, &device()), Error::NoCatalogEntry { .. }));
 
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is created");

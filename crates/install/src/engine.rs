@@ -577,9 +577,9 @@ impl Installer {
             version: version.clone(),
             sequence: self.next_sequence(product)?,
             installed_at: now(),
-            target: artifact.target().path.clone(),
-            sha256: artifact.target().file.sha256().unwrap_or_default().to_owned(),
-            custom: artifact.target().file.custom.clone().unwrap_or_default(),
+            target: artifact.target().path().to_owned(),
+            sha256: artifact.target().file().sha256().unwrap_or_default().to_owned(),
+            custom: artifact.target().file().custom.clone().unwrap_or_default(),
         };
         record.write(&self.record_path(product, version))?;
         fs::sync_file_system(&staging)?;
@@ -672,7 +672,7 @@ impl Installer {
         let limit = self.options.os_slot_size;
         let too_large = || Error::ImageTooLarge { product: product.clone(), version: version.clone(), limit };
         if format == ImageFormat::Raw {
-            let length = artifact.target().file.length;
+            let length = artifact.target().file().length;
             if length > limit {
                 return Err(too_large());
             }
@@ -714,9 +714,9 @@ impl Installer {
             version: version.clone(),
             sequence: self.next_slot_sequence()?,
             installed_at: now(),
-            target: artifact.target().path.clone(),
-            sha256: artifact.target().file.sha256().unwrap_or_default().to_owned(),
-            custom: artifact.target().file.custom.clone().unwrap_or_default(),
+            target: artifact.target().path().to_owned(),
+            sha256: artifact.target().file().sha256().unwrap_or_default().to_owned(),
+            custom: artifact.target().file().custom.clone().unwrap_or_default(),
         };
         record.write(&record_path)?;
         journal.at(Phase::Staged).write(&self.journal_path())?;

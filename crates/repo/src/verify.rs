@@ -13,7 +13,7 @@ use std::path::Path;
 
 use custody_catalog::UpdateEntry;
 use custody_tuf::snapshot_merkle::{MerkleCommitment, SnapshotProof, TIMESTAMP_FIELD, proof_path};
-use custody_tuf::{RoleLimits, SearchStep, Signed, TargetSearch, TrustedSet, TrustedTarget};
+use custody_tuf::{RoleLimits, SearchStep, Signed, TargetSearch, TrustedSet};
 use serde::Serialize;
 
 use crate::Repository;
@@ -219,11 +219,11 @@ impl Repository {
             for (path, file) in &targets.targets {
                 let mut search = TargetSearch::new(path, limits.max_delegations);
                 match search.step(&mut trusted) {
-                    Ok(SearchStep::Found(found)) if found.role == *role => {}
+                    Ok(SearchStep::Found(found)) if found.role() == role => {}
                     Ok(SearchStep::Found(found)) => {
                         report.error(
                             path.clone(),
-                            format!("listed by {role}, but clients find {}'s entry first", found.role),
+                            format!("listed by {role}, but clients find {}'s entry first", found.role()),
                         );
                     }
                     Ok(SearchStep::Load { role: missing, .. }) => {
@@ -238,12 +238,11 @@ impl Repository {
                     }
                     Err(e) => report.error(path.clone(), e),
                 }
-                let target = TrustedTarget { path: path.clone(), role: role.clone(), file: file.clone() };
-                for consistent in target.consistent_paths() {
+                for consistent in file.consistent_paths(path) {
                     let on_disk = layout.targets_dir().join(&consistent);
                     match std::fs::read(&on_disk) {
                         Ok(data) => {
-                            if let Err(e) = target.verify(data) {
+                            if let Err(e) = file.check(path, &data) {
                                 report.error(format!("targets/{consistent}"), e);
                             }
                         }

@@ -542,6 +542,22 @@ impl TargetFile {
     pub fn sha256(&self) -> Option<&str> {
         self.hashes.get("sha256").map(String::as_str)
     }
+
+    /// Checks `data`, the bytes of target `path`, against this length and every hash. It says nothing of whether
+    /// this entry is trusted: clients verify through [`crate::TrustedTarget::verify`]; the repository tool checks
+    /// its own files with this.
+    pub fn check(&self, path: &str, data: &[u8]) -> Result<(), Error> {
+        verify_length_and_hashes(&format!("target {path}"), data, Some(self.length), Some(&self.hashes))
+    }
+
+    /// The names under which consistent snapshots publish target `path`: `dir/HASH.name` for each listed hash.
+    pub fn consistent_paths(&self, path: &str) -> Vec<String> {
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (format!("{dir}/"), name),
+            None => (String::new(), path),
+        };
+        self.hashes.values().map(|hash| format!("{dir}{hash}.{name}")).collect()
+    }
 }
 
 /// Targets metadata (top-level or delegated).

@@ -56,7 +56,7 @@ impl TargetSearch {
             // Invariant: `is_trusted_via` returned true, so the role is loaded.
             let targets = trusted.targets(&role).expect("role is loaded");
             if let Some(file) = targets.targets.get(&self.path) {
-                return Ok(SearchStep::Found(TrustedTarget { path: self.path.clone(), role, file: file.clone() }));
+                return Ok(SearchStep::Found(TrustedTarget::new(self.path.clone(), role, file.clone())));
             }
             let children = targets.delegations.as_ref().map(|d| d.roles_for_target(&self.path)).unwrap_or_default();
             self.visited.insert((role.clone(), delegator));

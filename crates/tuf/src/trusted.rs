@@ -372,15 +372,46 @@ impl TrustedSet {
 }
 
 /// A target path with the length, hashes and custom metadata that a trusted targets role signed for it.
+///
+/// Only a client's search through verified metadata makes one ([`crate::TargetSearch`], [`crate::TargetListing`]):
+/// its fields are private, so what the installer is handed is always what a trusted role signed. Tests of other
+/// crates build one with `for_tests`, behind the `test-support` feature that only dev-dependencies enable (a test in
+/// crates/custody checks that no crate enables it otherwise).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrustedTarget {
-    pub path: String,
+    path: String,
     /// The targets role that listed it.
-    pub role: String,
-    pub file: TargetFile,
+    role: String,
+    file: TargetFile,
 }
 
 impl TrustedTarget {
+    /// Made by the search, from a role the trusted set verified.
+    pub(crate) fn new(path: String, role: String, file: TargetFile) -> Self {
+        Self { path, role, file }
+    }
+
+    /// A target that no search found, for other crates' tests only.
+    #[cfg(feature = "test-support")]
+    pub fn for_tests(path: String, role: String, file: TargetFile) -> Self {
+        Self { path, role, file }
+    }
+
+    /// The target path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The targets role that listed it.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The signed length, hashes and custom metadata.
+    pub fn file(&self) -> &TargetFile {
+        &self.file
+    }
+
     /// Checks downloaded bytes against the signed length and every signed hash.
     pub fn verify(&self, data: Vec<u8>) -> Result<VerifiedContent, Error> {
         verify_length_and_hashes(
@@ -399,11 +430,7 @@ impl TrustedTarget {
 
     /// The name under which consistent snapshots publish this target: `dir/HASH.name` for each listed hash.
     pub fn consistent_paths(&self) -> Vec<String> {
-        let (dir, name) = match self.path.rsplit_once('/') {
-            Some((dir, name)) => (format!("{dir}/"), name),
-            None => (String::new(), self.path.as_str()),
-        };
-        self.file.hashes.values().map(|hash| format!("{dir}{hash}.{name}")).collect()
+        self.file.consistent_paths(&self.path)
     }
 }
 

@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{} must hold the trusted root.json", args.repo.display()))?;
         updater.refresh().await.context("refreshing the repository from the service")?;
         let found = match updater.target_info(&path).await {
-            Ok(existing) => Some(existing.role),
+            Ok(existing) => Some(existing.role().to_owned()),
             Err(custody_client::Error::TargetNotFound(_)) => None,
             Err(err) => return Err(anyhow::Error::new(err).context(format!("looking up {path}"))),
         };

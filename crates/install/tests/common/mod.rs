@@ -51,7 +51,7 @@ pub fn update(kind: &str, product: &str, version: &str, installer: Value, payloa
     let (content, _) = hasher.finish().unwrap();
     let entry = UpdateEntry::from_description(&description, content).unwrap();
     let file = TargetFile::describing(&payload, Some(entry.to_custom_json()));
-    let target = TrustedTarget { path: format!("{product}/{product}-{version}.pkg"), role: product.into(), file };
+    let target = TrustedTarget::for_tests(format!("{product}/{product}-{version}.pkg"), product.into(), file);
     Update { target, entry, payload }
 }
 
