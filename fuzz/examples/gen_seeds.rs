@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bytes::BytesMut;
 use custody_fuzz::{Chain, FRESH, key, key_map, now, sign_raw};
+use custody_p2p::Bitfield;
+use custody_p2p::wire::{ContentId, GoodbyeReason, Message, PROTOCOL_VERSION};
 use custody_tuf::snapshot_merkle::SnapshotTree;
 use custody_tuf::{MetaFile, TrustedSet};
 use serde_json::json;
@@ -227,4 +230,42 @@ fn main() {
                     "pieces": {"piece_size": 1048576, "tree": "bep52-sha256",
                                "root": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"}}}});
     write(&dir, "docs-example", &serde_json::to_vec_pretty(&example).expect("json"));
+
+    // p2p_wire: `[config, chunk, stream]`; a session as each side sends it, for 10 pieces (config 0x89) and for a
+    // content-sized limit (0xc9), a later version's handshake before the content is known (0x09), and refusals.
+    let dir = seeds.join("p2p_wire");
+    let content = ContentId([0xab; 32]);
+    let frames = |messages: &[Message]| {
+        let mut buf = BytesMut::new();
+        for message in messages {
+            message.encode(&mut buf);
+        }
+        buf.to_vec()
+    };
+    let mut bits = Bitfield::new(10);
+    for piece in [0, 3, 9] {
+        bits.set(piece).expect("piece below 10");
+    }
+    let session = frames(&[
+        Message::Handshake { version: PROTOCOL_VERSION, content, piece_count: 10 },
+        Message::Bitfield(bits),
+        Message::LayerRequest,
+        Message::Layer(vec![0x11; 320].into()),
+        Message::Request { piece: 3 },
+        Message::Piece { piece: 3, data: vec![0x42; 200].into() },
+        Message::Have { piece: 4 },
+        Message::Reject { piece: 5 },
+        Message::Cancel { piece: 9 },
+        Message::KeepAlive,
+        Message::Goodbye { reason: GoodbyeReason::Done },
+    ]);
+    write(&dir, "session", &[[0x89, 7].as_slice(), &session].concat());
+    write(&dir, "session-content-limit", &[[0xc9, 63].as_slice(), &session].concat());
+    let mut later = frames(&[Message::Handshake { version: 2, content, piece_count: 10 }]);
+    later[3] += 8;
+    later.extend_from_slice(&[0; 8]);
+    write(&dir, "later-version", &[[0x09, 1].as_slice(), &later].concat());
+    let oversize = [[0x89, 0].as_slice(), &u32::MAX.to_be_bytes(), &[5]].concat();
+    write(&dir, "oversize", &oversize);
+    write(&dir, "spare-bits", &[0x89, 2, 0, 0, 0, 3, 2, 0xff, 0xff]);
 }

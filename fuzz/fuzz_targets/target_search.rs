@@ -294,19 +294,19 @@ fuzz_target!(|graph: Graph| {
         panic!("the search did not end after 64 steps");
     };
     if let Ok(SearchStep::Found(target)) = &outcome {
-        let role = role_index(&target.role);
+        let role = role_index(&target.role());
         assert!(
             reachable.contains(&role),
             "found {path} in {} which is not trusted for it: {reachable:?}",
-            target.role
+            target.role()
         );
-        assert!(roles[role].lists & (1 << path_index) != 0, "{} does not list {path}", target.role);
-        assert_eq!(target.file.length, file_length(role, path_index));
-        assert_eq!(target.path, path);
+        assert!(roles[role].lists & (1 << path_index) != 0, "{} does not list {path}", target.role());
+        assert_eq!(target.file().length, file_length(role, path_index));
+        assert_eq!(target.path(), path);
     }
     if reachable.contains(&0) && roles[0].lists & (1 << path_index) != 0 {
         assert!(
-            matches!(&outcome, Ok(SearchStep::Found(t)) if t.role == "targets"),
+            matches!(&outcome, Ok(SearchStep::Found(t)) if t.role() == "targets"),
             "top-level targets lists {path} but the search gave {outcome:?}"
         );
     }
@@ -326,16 +326,16 @@ fuzz_target!(|graph: Graph| {
                 }
                 Ok(ListingStep::Done(found)) => {
                     for target in found {
-                        assert!(target.path.starts_with("dir/"), "listed {}", target.path);
-                        let role = role_index(&target.role);
-                        let path_index = PATHS.iter().position(|p| *p == target.path).expect("a known path");
+                        assert!(target.path().starts_with("dir/"), "listed {}", target.path());
+                        let role = role_index(&target.role());
+                        let path_index = PATHS.iter().position(|p| *p == target.path()).expect("a known path");
                         assert!(
-                            reachable_for(&target.path).contains(&role),
+                            reachable_for(&target.path()).contains(&role),
                             "listed {} from {}, which is not trusted for it",
-                            target.path,
-                            target.role
+                            target.path(),
+                            target.role()
                         );
-                        assert_eq!(target.file.length, file_length(role, path_index));
+                        assert_eq!(target.file().length, file_length(role, path_index));
                     }
                     break;
                 }

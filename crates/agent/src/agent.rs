@@ -4,10 +4,12 @@
 //! history read what the last operation left and never wait for a download. Every state change is queued as an event
 //! for the service and broadcast to local subscribers.
 
-use custody_api::device::{EventType, ScanResult, UpdateRef};
+use custody_api::device::{
+    DeliveryStats, Event, EventType, Operation, RecoveryOutcome, RollbackReason, ScanResult, UpdateRef,
+};
 use custody_catalog::{DeviceInventory, ProductName, Reboot, UpdateId};
 use custody_client::{FetchError, Fetcher, FileFetcher, HttpFetcher, Updater, UpdaterConfig};
-use custody_install::{HistoryEvent, Installer, VerifiedArtifact};
+use custody_install::{HistoryEvent, Installer, OsBoot, Recovered, UpdateKey, VerifiedArtifact};
 use custody_policy::{Decision, Holds, Progress, Trigger, UpdateFacts};
 use custody_tls::ProxySettings;
 use jiff::Timestamp;
@@ -22,12 +24,16 @@ use crate::download::{Downloader, Job};
 use crate::evaluate::{Needed, Rejected, SkipReason, Skipped, UpdateSummary};
 use crate::inventory::Installed;
 use crate::local_api::{HoldTarget, Op};
-use crate::report::Reporter;
+use crate::report::{Reporter, new_event, with_error};
 use crate::state::{StateDir, read_json, write_json};
 use crate::{Error, evaluate, inventory};
 
 /// A cached scan older than this is refreshed before a download or install acts on it.
 const SCAN_REUSE: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+/// Downloads listed in `status` (`last_downloads`), newest first.
+const LAST_DOWNLOADS: usize = 10;
+/// The error code of an install that a crash interrupted and recovery undid (`EINTR`).
+const INTERRUPTED: i64 = libc::EINTR as i64;
 
 /// Which needed updates an operation concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +52,8 @@ pub struct Agent {
     downloads: std::path::PathBuf,
     metadata: MetadataSource,
     downloader: Downloader,
+    /// Peer-to-peer delivery, when `[p2p]` is configured.
+    p2p: Option<crate::p2p::P2p>,
     reporter: Reporter,
     tz: jiff::tz::TimeZone,
     /// Held by mutating operations; holds the install engine.
@@ -86,6 +94,35 @@ pub struct AgentStatus {
     /// The kernel's boot id when this status was written (a new one clears `reboot_pending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// What the install engine recovered the last time it found an interrupted operation at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery: Option<Recovered>,
+    /// Where this device's downloads came from, summed since its state was created.
+    #[serde(default)]
+    pub delivery: DeliveryTotals,
+    /// The latest downloads and where their bytes came from, newest first.
+    #[serde(default)]
+    pub last_downloads: Vec<DownloadRecord>,
+}
+
+/// Delivery statistics summed over downloads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryTotals {
+    pub downloads: u64,
+    pub bytes: DeliveryStats,
+    /// Bytes from peers / bytes downloaded * 100.
+    pub percent_peer_caching: f64,
+}
+
+/// One download and where its bytes came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    pub time: Timestamp,
+    pub update: UpdateId,
+    pub product: String,
+    pub version: String,
+    pub delivery: DeliveryStats,
+    pub percent_peer_caching: f64,
 }
 
 /// The result of a scan.
@@ -127,16 +164,81 @@ pub struct HistoryLine {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum AgentEvent {
-    ScanStarted { product: Option<String> },
-    ScanFinished { product: Option<String>, needed: usize },
-    ScanFailed { product: Option<String>, error: String },
-    DownloadProgress { update: UpdateId, product: String, received: u64, total: u64, source: String },
-    Downloaded { update: UpdateId, product: String },
-    DownloadFailed { update: UpdateId, product: String, error: String },
-    Installing { update: UpdateId, product: String },
-    Installed { update: UpdateId, product: String, reboot_required: bool },
-    InstallFailed { update: UpdateId, product: String, error: String },
-    RolledBack { product: String, from: String, to: String },
+    ScanStarted {
+        product: Option<String>,
+    },
+    ScanFinished {
+        product: Option<String>,
+        needed: usize,
+    },
+    ScanFailed {
+        product: Option<String>,
+        error: String,
+    },
+    DownloadProgress {
+        update: UpdateId,
+        product: String,
+        received: u64,
+        total: u64,
+        source: String,
+    },
+    Downloaded {
+        update: UpdateId,
+        product: String,
+        delivery: DeliveryStats,
+    },
+    DownloadFailed {
+        update: UpdateId,
+        product: String,
+        error: String,
+    },
+    Installing {
+        update: UpdateId,
+        product: String,
+    },
+    Installed {
+        update: UpdateId,
+        product: String,
+        reboot_required: bool,
+    },
+    InstallFailed {
+        update: UpdateId,
+        product: String,
+        error: String,
+    },
+    /// `reason`: `manual`, `health-check-failed` or `boot-failed`.
+    RolledBack {
+        product: String,
+        from: String,
+        to: String,
+        reason: RollbackReason,
+    },
+    /// An update (`update`) or a product (`product`) is held now.
+    Held {
+        update: Option<UpdateId>,
+        product: Option<String>,
+    },
+    Unheld {
+        update: Option<UpdateId>,
+        product: Option<String>,
+    },
+    /// At start: an operation a crash interrupted, finished or undone; `current` is the version in use now.
+    Recovered {
+        product: String,
+        operation: Operation,
+        outcome: RecoveryOutcome,
+        version: String,
+        current: Option<String>,
+    },
+    /// A new OS image booted and passed its check.
+    OsConfirmed {
+        product: String,
+        version: String,
+    },
+    Uninstalled {
+        product: String,
+        version: String,
+    },
 }
 
 impl AgentEvent {
@@ -146,13 +248,17 @@ impl AgentEvent {
             Self::ScanStarted { product } | Self::ScanFinished { product, .. } | Self::ScanFailed { product, .. } => {
                 product.as_deref()
             }
+            Self::Held { product, .. } | Self::Unheld { product, .. } => product.as_deref(),
             Self::DownloadProgress { product, .. }
             | Self::Downloaded { product, .. }
             | Self::DownloadFailed { product, .. }
             | Self::Installing { product, .. }
             | Self::Installed { product, .. }
             | Self::InstallFailed { product, .. }
-            | Self::RolledBack { product, .. } => Some(product),
+            | Self::RolledBack { product, .. }
+            | Self::Recovered { product, .. }
+            | Self::OsConfirmed { product, .. }
+            | Self::Uninstalled { product, .. } => Some(product),
         }
     }
 }
@@ -189,6 +295,7 @@ impl Agent {
             config.request_timeout(),
             config.idle_timeout(),
         );
+        let p2p = crate::p2p::P2p::open(&config, &state, plain.clone(), pinned.clone())?;
         let report_client = match config.api_url().starts_with("https://") {
             true => pinned.clone().unwrap_or(plain),
             false => plain,
@@ -201,11 +308,12 @@ impl Agent {
         };
         let reporter =
             Reporter::open(&state.reports(), report_client, config.api_url(), token, config.request_timeout())?;
-        let installer = Installer::new(&state.install()).map_err(Error::from_install)?;
+        let installer =
+            Installer::with_options(&state.install(), config.install_options()).map_err(Error::from_install)?;
         let tz = config.time_zone()?;
         let mut status = read_json::<AgentStatus>(&state.status_file())?.unwrap_or_default();
         // A reboot happened since updates asked for one: they have taken effect.
-        let boot = boot_id();
+        let boot = std::fs::read_to_string(&config.agent.boot_id_file).ok().map(|id| id.trim().to_owned());
         if status.boot_id != boot {
             status.reboot_pending.clear();
             status.boot_id = boot;
@@ -217,6 +325,7 @@ impl Agent {
             state,
             metadata,
             downloader,
+            p2p,
             reporter,
             tz,
             work: tokio::sync::Mutex::new(installer),
@@ -226,6 +335,11 @@ impl Agent {
             events,
         };
         Ok(agent)
+    }
+
+    /// Peer-to-peer delivery, when configured (the daemon starts its listener).
+    pub fn p2p(&self) -> Option<&crate::p2p::P2p> {
+        self.p2p.as_ref()
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -265,13 +379,152 @@ impl Agent {
         crate::state::write_atomic(&root, &bytes)
     }
 
-    /// Runs recovery of an interrupted install (before the first operation of a daemon or a CLI command).
+    /// Runs recovery of an interrupted install, then confirms (or gives up) a new OS image after its reboot,
+    /// before the first operation of a daemon or a CLI command. Reports what it found (a `recovered` event, and
+    /// what the recovered operation amounts to) and sends the reports at once, best effort.
     pub async fn recover(&self) -> Result<(), Error> {
         let mut installer = self.work.lock().await;
-        if let Some(recovered) = installer.recover().map_err(Error::from_install)? {
-            info!(operation = recovered.operation, product = recovered.product, outcome = ?recovered.outcome, "recovered an interrupted operation");
+        let recovered = installer.recover().map_err(Error::from_install)?;
+        if let Some(recovered) = &recovered {
+            info!(operation = %recovered.operation, product = recovered.product, outcome = ?recovered.outcome, "recovered an interrupted operation");
+            self.report_recovery(recovered);
+            self.update_status(|status| status.last_recovery = Some(recovered.clone()))?;
+        }
+        let booted = installer.check_os_boot(self.config.booted_slot()).map_err(Error::from_install)?;
+        if let Some(boot) = &booted {
+            self.report_os_boot(boot);
+        }
+        drop(installer);
+        if recovered.is_some() || matches!(booted, Some(OsBoot::Confirmed { .. } | OsBoot::Failed { .. })) {
+            self.flush_reports().await;
         }
         Ok(())
+    }
+
+    /// Reports a recovered operation: `recovered` itself, then the event its outcome amounts to (an install
+    /// finished or undone, a rollback or an uninstall that took place).
+    fn report_recovery(&self, recovered: &Recovered) {
+        use custody_install::Operation as Op;
+        let update = recovered.update.map(update_ref);
+        let operation = match recovered.operation {
+            Op::Install => Operation::Install,
+            Op::OsInstall => Operation::OsInstall,
+            Op::Rollback => Operation::Rollback,
+            Op::OsRollback => Operation::OsRollback,
+            Op::Uninstall => Operation::Uninstall,
+            Op::OsConfirm => Operation::OsConfirm,
+        };
+        let outcome = match recovered.outcome {
+            custody_install::RecoveryOutcome::Completed => RecoveryOutcome::Completed,
+            custody_install::RecoveryOutcome::Undone { .. } => RecoveryOutcome::Undone,
+        };
+        let version = Some(recovered.version.clone()).filter(|v| !v.is_empty());
+        self.report(Event {
+            update,
+            product: Some(recovered.product.clone()),
+            operation: Some(operation),
+            outcome: Some(outcome),
+            from: version.clone(),
+            to: recovered.current.clone(),
+            ..new_event(EventType::Recovered)
+        });
+        self.emit(AgentEvent::Recovered {
+            product: recovered.product.clone(),
+            operation,
+            outcome,
+            version: recovered.version.clone(),
+            current: recovered.current.clone(),
+        });
+        let product = Some(recovered.product.clone());
+        match (recovered.operation, outcome, update) {
+            (Op::Install | Op::OsInstall, RecoveryOutcome::Undone, Some(update)) => {
+                let detail =
+                    "interrupted by a crash or power loss; the previous version was restored at the next start";
+                self.report(Event {
+                    update: Some(update),
+                    code: Some(INTERRUPTED),
+                    detail: detail.into(),
+                    ..new_event(EventType::InstallFailed)
+                });
+            }
+            (Op::Install | Op::OsConfirm, _, Some(update)) => {
+                self.report(Event { update: Some(update), ..new_event(EventType::InstallSucceeded) });
+            }
+            (Op::OsInstall, _, Some(update)) => {
+                self.report(Event { update: Some(update), ..new_event(EventType::InstallSucceeded) });
+                self.report(Event { update: Some(update), ..new_event(EventType::RebootPending) });
+            }
+            (Op::Rollback | Op::OsRollback, _, _) => {
+                let Some(to) = recovered.current.clone() else { return };
+                let reason = match recovered.boot_failure {
+                    Some(_) => RollbackReason::BootFailed,
+                    None => RollbackReason::Manual,
+                };
+                self.report(Event {
+                    update,
+                    product,
+                    from: version,
+                    to: Some(to),
+                    reason: Some(reason),
+                    detail: recovered.boot_failure.as_deref().map(crate::report::detail).unwrap_or_default(),
+                    ..new_event(EventType::RolledBack)
+                });
+            }
+            (Op::Uninstall, _, _) if version.is_some() => {
+                self.report(Event { update, product, from: version, ..new_event(EventType::Uninstalled) });
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports what the boot check decided about a new OS image: confirmed (installed), or given up.
+    fn report_os_boot(&self, boot: &OsBoot) {
+        match boot {
+            OsBoot::RebootPending { product, version } => {
+                info!(%product, %version, "the new OS image waits for a reboot");
+            }
+            OsBoot::Confirmed { product, version, update } => {
+                info!(%product, %version, "the new OS image booted and is confirmed");
+                if let Some(update) = update {
+                    self.report(Event { update: Some(update_ref(*update)), ..new_event(EventType::InstallSucceeded) });
+                }
+                self.emit(AgentEvent::OsConfirmed { product: product.clone(), version: version.clone() });
+            }
+            OsBoot::Failed { product, version, update, restored, reason } => {
+                warn!(%product, %version, ?restored, "the new OS image was given up: {reason}");
+                let update = update.map(update_ref);
+                match restored {
+                    Some(restored) => {
+                        self.report(Event {
+                            update,
+                            product: Some(product.clone()),
+                            from: Some(version.clone()),
+                            to: Some(restored.clone()),
+                            reason: Some(RollbackReason::BootFailed),
+                            detail: crate::report::detail(reason),
+                            ..new_event(EventType::RolledBack)
+                        });
+                        self.emit(AgentEvent::RolledBack {
+                            product: product.clone(),
+                            from: version.clone(),
+                            to: restored.clone(),
+                            reason: RollbackReason::BootFailed,
+                        });
+                    }
+                    // Nothing to go back to: the image stays, and its install counts as failed.
+                    None => {
+                        if update.is_some() {
+                            self.report(Event {
+                                update,
+                                code: Some(1),
+                                detail: crate::report::detail(reason),
+                                ..new_event(EventType::InstallFailed)
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Handles one local API operation (the caller checked permissions).
@@ -290,6 +543,7 @@ impl Agent {
             Op::Rollback { product } => self.rollback(&product).await,
             Op::Hold { target } => to_json(&self.hold(target, true).await?),
             Op::Unhold { target } => to_json(&self.hold(target, false).await?),
+            Op::Uninstall { product } => self.uninstall(&product).await,
             // Handled by the connection.
             Op::Subscribe => Ok(json!({ "subscribed": true })),
         }
@@ -336,8 +590,8 @@ impl Agent {
                 self.emit(AgentEvent::ScanFinished { product: product_name, needed: outcome.needed.len() });
             }
             Err(e) => {
-                // The device API has no event for a failed scan: it shows in `status` and the log.
                 warn!("scan failed: {}", crate::error_chain(e));
+                self.report(with_error(Event { product: product_name.clone(), ..new_event(EventType::ScanFailed) }, e));
                 self.emit(AgentEvent::ScanFailed { product: product_name, error: crate::error_chain(e) });
             }
         }
@@ -627,17 +881,35 @@ impl Agent {
         match installer.install(artifact) {
             Ok(installed) => {
                 let reboot_required = installed.reboot == Reboot::Required;
-                self.report(EventType::InstallSucceeded, needed, None);
+                self.report(update_event(EventType::InstallSucceeded, needed));
                 if reboot_required {
-                    self.report(EventType::RebootPending, needed, None);
+                    self.report(update_event(EventType::RebootPending, needed));
                 }
                 self.emit(AgentEvent::Installed { update, product, reboot_required });
                 outcome(needed, "installed", None, reboot_required)
             }
             Err(e) => {
+                // A failed health check restored the previous version: a rollback too.
+                let restored = match &e {
+                    custody_install::Error::HealthCheckFailed { version, restored: Some(restored), .. } => {
+                        Some((version.clone(), restored.clone()))
+                    }
+                    _ => None,
+                };
                 let error = Error::from_install(e);
                 warn!(%update, "install failed: {}", crate::error_chain(&error));
-                self.report(EventType::InstallFailed, needed, Some(&error));
+                self.report(with_error(update_event(EventType::InstallFailed, needed), &error));
+                if let Some((from, to)) = restored {
+                    self.report(Event {
+                        product: Some(product.clone()),
+                        from: Some(from.clone()),
+                        to: Some(to.clone()),
+                        reason: Some(RollbackReason::HealthCheckFailed),
+                        ..update_event(EventType::RolledBack, needed)
+                    });
+                    let reason = RollbackReason::HealthCheckFailed;
+                    self.emit(AgentEvent::RolledBack { product: product.clone(), from, to, reason });
+                }
                 self.emit(AgentEvent::InstallFailed { update, product, error: crate::error_chain(&error) });
                 outcome(needed, "failed", Some(crate::error_chain(&error)), false)
             }
@@ -655,7 +927,7 @@ impl Agent {
         let (update, product) = (entry.id(), entry.product().to_string());
         let job = self.job(needed, device, consistent);
         if !job.partial_complete() {
-            self.report(EventType::DownloadStarted, needed, None);
+            self.report(update_event(EventType::DownloadStarted, needed));
         }
         let events = self.events.clone();
         let mut on_progress = |p: &crate::download::Progress| {
@@ -667,15 +939,38 @@ impl Agent {
                 source: p.source.clone(),
             });
         };
-        match self.downloader.fetch(job, &mut on_progress).await {
-            Ok(artifact) => {
-                self.report(EventType::DownloadSucceeded, needed, None);
-                self.emit(AgentEvent::Downloaded { update, product });
-                Ok(artifact)
+        let fetched = match &self.p2p {
+            Some(p2p) if p2p.takes(&job) => p2p.fetch(job, self.downloader.sources()).await,
+            _ => self.downloader.fetch_counted(job, &mut on_progress).await,
+        };
+        match fetched {
+            Ok(fetched) => {
+                let delivery = fetched.delivery;
+                self.report(Event { delivery: Some(delivery), ..update_event(EventType::DownloadSucceeded, needed) });
+                let record = DownloadRecord {
+                    time: Timestamp::now(),
+                    update,
+                    product: product.clone(),
+                    version: entry.version().to_string(),
+                    delivery,
+                    percent_peer_caching: delivery.percent_peer_caching(),
+                };
+                let noted = self.update_status(|status| {
+                    status.delivery.downloads += 1;
+                    status.delivery.bytes += delivery;
+                    status.delivery.percent_peer_caching = status.delivery.bytes.percent_peer_caching();
+                    status.last_downloads.insert(0, record);
+                    status.last_downloads.truncate(LAST_DOWNLOADS);
+                });
+                if let Err(e) = noted {
+                    warn!("cannot record the download in the status: {e}");
+                }
+                self.emit(AgentEvent::Downloaded { update, product, delivery });
+                Ok(fetched.artifact)
             }
             Err(e) => {
                 warn!(%update, "download failed: {}", crate::error_chain(&e));
-                self.report(EventType::DownloadFailed, needed, Some(&e));
+                self.report(with_error(update_event(EventType::DownloadFailed, needed), &e));
                 self.emit(AgentEvent::DownloadFailed { update, product, error: crate::error_chain(&e) });
                 Err(e)
             }
@@ -713,27 +1008,79 @@ impl Agent {
         let mut installer = self.work.lock().await;
         let outcome = installer.rollback(product).map_err(Error::from_install)?;
         info!(%product, from = outcome.from, to = outcome.to, "rolled back");
+        self.report(Event {
+            update: outcome.update.map(update_ref),
+            product: Some(product.to_string()),
+            from: Some(outcome.from.clone()),
+            to: Some(outcome.to.clone()),
+            reason: Some(RollbackReason::Manual),
+            ..new_event(EventType::RolledBack)
+        });
         self.emit(AgentEvent::RolledBack {
             product: product.to_string(),
             from: outcome.from.clone(),
             to: outcome.to.clone(),
+            reason: RollbackReason::Manual,
         });
+        if let Some(update) = outcome.update {
+            self.forget_scan_result(update.id);
+        }
         *self.lock_needed() = None;
+        drop(installer);
+        self.flush_reports().await;
         Ok(json!({ "product": product.as_str(), "from": outcome.from, "to": outcome.to }))
     }
 
-    /// Holds (or releases) an update or a product.
+    /// Removes `product`: its destination link and every kept version (not the OS).
+    pub async fn uninstall(&self, product: &ProductName) -> Result<Value, Error> {
+        let mut installer = self.work.lock().await;
+        let removed = installer.uninstall(product).map_err(Error::from_install)?;
+        info!(%product, version = removed.version, "uninstalled");
+        self.report(Event {
+            update: removed.update.map(update_ref),
+            product: Some(product.to_string()),
+            from: Some(removed.version.clone()),
+            ..new_event(EventType::Uninstalled)
+        });
+        self.emit(AgentEvent::Uninstalled { product: product.to_string(), version: removed.version.clone() });
+        if let Some(update) = removed.update {
+            self.forget_scan_result(update.id);
+        }
+        *self.lock_needed() = None;
+        drop(installer);
+        self.flush_reports().await;
+        Ok(json!({ "product": product.as_str(), "version": removed.version }))
+    }
+
+    /// Holds (or releases) an update or a product; a change is reported (holding what is held changes nothing).
     pub async fn hold(&self, target: HoldTarget, hold: bool) -> Result<Holds, Error> {
-        let _work = self.work.lock().await;
+        let work = self.work.lock().await;
         let mut holds = self.state.load_holds()?;
-        match (&target, hold) {
+        let changed = match (&target, hold) {
             (HoldTarget::Update(id), true) => holds.updates.insert(*id),
             (HoldTarget::Update(id), false) => holds.updates.remove(id),
             (HoldTarget::Product(p), true) => holds.products.insert(p.to_string()),
             (HoldTarget::Product(p), false) => holds.products.remove(p.as_str()),
         };
         self.state.save_holds(&holds)?;
-        info!(?target, hold, "holds changed");
+        info!(?target, hold, changed, "holds changed");
+        if changed {
+            let kind = if hold { EventType::Held } else { EventType::Unheld };
+            let (update, product) = match &target {
+                // A hold covers every revision of the update: revision 0.
+                HoldTarget::Update(id) => (Some(UpdateRef { id: *id, revision: 0 }), None),
+                HoldTarget::Product(p) => (None, Some(p.to_string())),
+            };
+            self.report(Event { update, product: product.clone(), ..new_event(kind) });
+            let update = update.map(|u| u.id);
+            let product = product.or_else(|| update.and_then(|id| self.product_of(&id)));
+            self.emit(match hold {
+                true => AgentEvent::Held { update, product },
+                false => AgentEvent::Unheld { update, product },
+            });
+            drop(work);
+            self.flush_reports().await;
+        }
         Ok(holds)
     }
 
@@ -764,10 +1111,27 @@ impl Agent {
         }
     }
 
-    fn report(&self, kind: EventType, needed: &Needed, error: Option<&Error>) {
-        let update = UpdateRef { id: needed.entry.id(), revision: needed.entry.revision() };
-        if let Err(e) = self.reporter.record(kind, update, None, error) {
+    /// Queues a report; a failure to queue it is logged (the operation it reports has happened).
+    fn report(&self, event: Event) {
+        let kind = event.kind;
+        if let Err(e) = self.reporter.record(event) {
             warn!("cannot queue a {} report: {e}", kind.as_str());
+        }
+    }
+
+    /// Drops an update from the scan results already reported, so that the next scan reports it again (it was
+    /// installed, and no longer is).
+    fn forget_scan_result(&self, update: UpdateId) {
+        let path = self.state.root().join("scan-reported.json");
+        let forgotten = read_json::<BTreeMap<UpdateId, String>>(&path).and_then(|known| {
+            let mut known = known.unwrap_or_default();
+            match known.remove(&update) {
+                Some(_) => write_json(&path, &known),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = forgotten {
+            warn!("{e}; the next scan may not report {update} again");
         }
     }
 
@@ -796,7 +1160,12 @@ impl Agent {
             if known.get(&id) == Some(&value) {
                 continue;
             }
-            match self.reporter.record(EventType::ScanFinished, UpdateRef { id, revision }, Some(result), None) {
+            let event = Event {
+                update: Some(UpdateRef { id, revision }),
+                result: Some(result),
+                ..new_event(EventType::ScanFinished)
+            };
+            match self.reporter.record(event) {
                 Ok(_) => {
                     known.insert(id, value);
                 }
@@ -829,9 +1198,13 @@ impl Agent {
     }
 }
 
-/// The kernel's id of the current boot.
-fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned())
+/// An event of `kind` about the needed update.
+fn update_event(kind: EventType, needed: &Needed) -> Event {
+    Event { update: Some(UpdateRef { id: needed.entry.id(), revision: needed.entry.revision() }), ..new_event(kind) }
+}
+
+fn update_ref(update: UpdateKey) -> UpdateRef {
+    UpdateRef { id: update.id, revision: update.revision }
 }
 
 /// The products the install engine holds: one directory each under `products/`, plus the OS image's product.

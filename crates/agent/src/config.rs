@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub transport: TransportConfig,
     pub agent: AgentSection,
     pub policy: Policy,
+    /// `[p2p]`: peer-to-peer delivery; `None`: HTTP only.
+    pub p2p: Option<crate::p2p::P2pSection>,
 }
 
 /// The `[agent]` section.
@@ -80,6 +82,20 @@ pub struct AgentSection {
     /// Fetch snapshot Merkle proofs instead of the whole snapshot (docs/catalog.md).
     #[serde(default = "AgentSection::default_true")]
     pub snapshot_proofs: bool,
+    /// The device's own check of a new OS image after its reboot (an absolute program and its arguments, run
+    /// without a shell like a signed health check); without it, the agent starting on the new OS is the check.
+    #[serde(default)]
+    pub os_health_check: Option<Vec<String>>,
+    /// Boots of a new OS image without confirmation before the agent gives it up and makes the previous slot
+    /// active again (the boot counter).
+    #[serde(default = "AgentSection::default_os_boot_attempts")]
+    pub os_boot_attempts: u32,
+    /// Where the running kernel's boot id is read (a new id: the device rebooted).
+    #[serde(default = "AgentSection::default_boot_id_file")]
+    pub boot_id_file: PathBuf,
+    /// The kernel command line, whose `custody.slot=a|b` (set by the bootloader) says which OS slot booted.
+    #[serde(default = "AgentSection::default_kernel_cmdline")]
+    pub kernel_cmdline: PathBuf,
     #[serde(default)]
     pub local_api: LocalApiSection,
 }
@@ -120,6 +136,8 @@ struct AgentFile {
     agent: Option<AgentSection>,
     #[serde(default)]
     policy: Option<Policy>,
+    #[serde(default)]
+    p2p: Option<crate::p2p::P2pSection>,
 }
 
 impl AgentConfig {
@@ -142,7 +160,12 @@ impl AgentConfig {
         let policy = file.policy.unwrap_or_default();
         policy.validate().map_err(|e| config_error(format!("[policy]: {e}")))?;
         agent.resolve_paths(base);
-        let config = Self { path: path.to_owned(), transport, agent, policy };
+        let mut p2p = file.p2p;
+        if let Some(section) = p2p.as_mut() {
+            section.check().map_err(|e| config_error(format!("[p2p]: {e}")))?;
+            section.cache_dir = section.cache_dir.take().map(|dir| base.join(dir));
+        }
+        let config = Self { path: path.to_owned(), transport, agent, policy, p2p };
         config.check().map_err(config_error)?;
         Ok(config)
     }
@@ -163,6 +186,12 @@ impl AgentConfig {
             if value < SignedDuration::from_secs(1) || value > SignedDuration::from_hours(1) {
                 return Err(format!("agent.{name} must be between 1s and 1h, not {value:#}"));
             }
+        }
+        if let Some(argv) = &agent.os_health_check {
+            custody_catalog::Argv::new(argv.clone()).map_err(|e| format!("agent.os_health_check: {e}"))?;
+        }
+        if !(1..=100).contains(&agent.os_boot_attempts) {
+            return Err(format!("agent.os_boot_attempts must be 1 to 100, not {}", agent.os_boot_attempts));
         }
         if let Some(zone) = &agent.time_zone {
             jiff::tz::TimeZone::get(zone).map_err(|e| format!("agent.time_zone: {zone:?}: {e}"))?;
@@ -205,6 +234,26 @@ impl AgentConfig {
         sources
     }
 
+    /// The mutual-TLS configuration between peers: the `[tls]` roots and CRLs, and the device's certificate and key
+    /// (`client_cert`, `client_key`). An error says why the device cannot take part (no certificate: enrolled with
+    /// a token).
+    pub fn peer_tls(&self) -> Result<custody_tls::PeerTlsConfig, String> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let tls = self.transport.tls.as_ref().ok_or("the configuration has no [tls] section")?;
+        let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) else {
+            return Err("the device has no client certificate ([tls] client_cert, client_key)".into());
+        };
+        let mut builder = custody_tls::PeerTlsConfig::builder();
+        for root in &tls.roots {
+            builder = builder.roots_pem_file(&base.join(root)).map_err(|e| e.to_string())?;
+        }
+        for crl in &tls.crls {
+            builder = builder.crls_pem_file(&base.join(crl)).map_err(|e| e.to_string())?;
+        }
+        builder = builder.identity_pem_files(&base.join(cert), &base.join(key)).map_err(|e| e.to_string())?;
+        builder.build().map_err(|e| e.to_string())
+    }
+
     /// Base URL of the device API, ending in `/`.
     pub fn api_url(&self) -> String {
         with_slash(self.agent.api_url.clone().unwrap_or_else(|| self.transport.service.url.clone()))
@@ -226,6 +275,29 @@ impl AgentConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         self.agent.idle_timeout.unsigned_abs()
+    }
+
+    /// The install engine's settings from `[agent]`: the OS check and boot counter, and the boot id now (read
+    /// from `boot_id_file`; `None` if it cannot be read).
+    pub fn install_options(&self) -> custody_install::Options {
+        let boot_id = std::fs::read_to_string(&self.agent.boot_id_file).ok().map(|id| id.trim().to_owned());
+        custody_install::Options {
+            os_boot_attempts: self.agent.os_boot_attempts,
+            // Checked by `check` when the configuration was loaded.
+            os_health_check: self.agent.os_health_check.clone().and_then(|argv| custody_catalog::Argv::new(argv).ok()),
+            boot_id: boot_id.filter(|id| !id.is_empty()),
+            ..custody_install::Options::default()
+        }
+    }
+
+    /// The OS slot the bootloader started, from `custody.slot=a|b` on the kernel command line, if present.
+    pub fn booted_slot(&self) -> Option<custody_install::Slot> {
+        let cmdline = std::fs::read_to_string(&self.agent.kernel_cmdline).ok()?;
+        cmdline.split_whitespace().find_map(|arg| match arg.strip_prefix("custody.slot=")? {
+            "a" => Some(custody_install::Slot::A),
+            "b" => Some(custody_install::Slot::B),
+            _ => None,
+        })
     }
 
     /// The products named in `[agent] products` (checked at load).
@@ -255,11 +327,25 @@ impl AgentSection {
         true
     }
 
+    fn default_os_boot_attempts() -> u32 {
+        3
+    }
+
+    fn default_boot_id_file() -> PathBuf {
+        PathBuf::from("/proc/sys/kernel/random/boot_id")
+    }
+
+    fn default_kernel_cmdline() -> PathBuf {
+        PathBuf::from("/proc/cmdline")
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| *p = base.join(&*p);
         resolve(&mut self.state_dir);
         resolve(&mut self.sysfs);
         resolve(&mut self.local_api.socket);
+        resolve(&mut self.boot_id_file);
+        resolve(&mut self.kernel_cmdline);
         if let Some(p) = self.trusted_root.as_mut() {
             resolve(p);
         }

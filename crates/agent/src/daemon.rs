@@ -6,6 +6,8 @@
 //!   once. After each scheduled scan the policy is carried out for every needed update (`Trigger::Scheduled`).
 //! - When an install waits for a maintenance window, the daemon wakes when the window opens.
 //! - Queued reports that could not be sent are retried with exponential backoff (30 s doubling to 1 h).
+//! - With `[p2p]`, the peer listener runs beside them, and the cache's complete content is announced to the
+//!   service's peer matching every few minutes (crate::p2p).
 //! - Local API requests are served concurrently; operations that change state run one at a time.
 //! - On shutdown (SIGTERM, SIGINT) the socket stops accepting, the operation in progress finishes (an install is
 //!   never cut short by the daemon itself; a download in progress is resumed by the next run), and the daemon exits.
@@ -28,6 +30,20 @@ const MAX_SLEEP: Duration = Duration::from_secs(600);
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(agent: Arc<Agent>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     agent.recover().await?;
+    if let Some(p2p) = agent.p2p() {
+        p2p.start().await?;
+        // Devices that finished a download keep seeding it: announce the cache now and then.
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(p2p) = agent.p2p() {
+                    p2p.announce_cache().await;
+                    p2p.evict();
+                }
+                tokio::time::sleep(crate::p2p::ANNOUNCE_EVERY).await;
+            }
+        });
+    }
     let server = LocalApiServer::bind(&agent.config().agent.local_api)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server_task = {

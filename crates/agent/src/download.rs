@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use custody_api::device::DeliveryStats;
 use custody_catalog::{DeviceInventory, UpdateEntry};
 use custody_install::{ArtifactWriter, VerifiedArtifact};
 use custody_tuf::TrustedTarget;
@@ -58,6 +59,15 @@ pub struct Job<'a> {
     pub consistent_snapshot: bool,
 }
 
+/// A verified download and where its bytes came from.
+#[derive(Debug)]
+pub struct Fetched {
+    pub artifact: VerifiedArtifact,
+    /// The bytes received by this fetch, from every attempt and source (all over HTTP): a download resumed from a
+    /// partial file counts what it fetched now, one verified before counts nothing.
+    pub delivery: DeliveryStats,
+}
+
 /// Why one attempt at one source failed.
 #[derive(Debug)]
 enum Attempt {
@@ -91,7 +101,17 @@ impl Downloader {
         job: Job<'_>,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<VerifiedArtifact, Error> {
+        Ok(self.fetch_counted(job, progress).await?.artifact)
+    }
+
+    /// [`Downloader::fetch`], also saying how many bytes it received.
+    pub async fn fetch_counted(
+        &self,
+        job: Job<'_>,
+        progress: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<Fetched, Error> {
         let name = job.file_name();
+        let mut received = 0u64;
         let mut failures = Vec::new();
         for source in &self.sources {
             let url = format!("{source}{name}");
@@ -102,13 +122,13 @@ impl Downloader {
                     .map_err(Error::from_install)?;
                 let outcome = match writer.written() == job.target.file().length {
                     true => Ok(()),
-                    false => self.transfer(&job, &url, source, &mut writer, progress).await,
+                    false => self.transfer(&job, &url, source, &mut writer, &mut received, progress).await,
                 };
                 match outcome {
                     Ok(()) => match writer.finish() {
                         Ok(artifact) => {
-                            info!(target = %job.target.path(), %url, "downloaded and verified");
-                            return Ok(artifact);
+                            info!(target = %job.target.path(), %url, received, "downloaded and verified");
+                            return Ok(Fetched { artifact, delivery: DeliveryStats::http(received) });
                         }
                         Err(
                             e @ (custody_install::Error::HashMismatch { .. }
@@ -140,13 +160,15 @@ impl Downloader {
         Err(Error::Download { path: job.target.path().to_owned(), failures })
     }
 
-    /// One request: from `writer.written()` to the end, or until something fails.
+    /// One request: from `writer.written()` to the end, or until something fails. Adds the body bytes it receives
+    /// to `received`.
     async fn transfer(
         &self,
         job: &Job<'_>,
         url: &str,
         source: &str,
         writer: &mut ArtifactWriter,
+        received: &mut u64,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), Attempt> {
         let client = match url.starts_with("https://") {
@@ -205,15 +227,16 @@ impl Downloader {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => chunk,
             };
+            *received = received.saturating_add(chunk.len() as u64);
             match writer.write(&chunk) {
                 Ok(()) => {}
                 Err(e @ custody_install::Error::TooLong { .. }) => return Err(Attempt::SourceFailed(e.to_string())),
                 Err(e) => return Err(Attempt::Fatal(Error::from_install(e))),
             }
-            let received = writer.written();
-            if received - reported >= step || received == total {
-                reported = received;
-                progress(&Progress { received, total, source: source.to_owned() });
+            let written = writer.written();
+            if written - reported >= step || written == total {
+                reported = written;
+                progress(&Progress { received: written, total, source: source.to_owned() });
             }
         }
         if writer.written() < total {
@@ -225,7 +248,7 @@ impl Downloader {
 
 impl Job<'_> {
     /// The file name under a source's base URL: `dir/<sha256>.name` with consistent snapshots, else the path.
-    fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         match (self.consistent_snapshot, self.target.file().sha256()) {
             (true, Some(sha256)) => match self.target.path().rsplit_once('/') {
                 Some((dir, name)) => format!("{dir}/{sha256}.{name}"),

@@ -6,10 +6,13 @@
 //! Modules, in the order of a scan:
 //! - [`config`]: the device configuration (`[service]`, `[tls]`, `[content]`, `[proxy]`, `[agent]`, `[policy]`);
 //! - [`state`]: the state directory and its lock;
+//! - [`enroll`]: the device's identity from the service (a client certificate from a CSR, or a token);
 //! - [`inventory`]: what the device is (os-release, `uname -m`, hardware ids, installed products);
 //! - [`evaluate`]: sans-I/O: trusted targets and inventory in, needed updates (and reasons for the others) out;
 //! - [`download`]: sources in order, `Range` resume, timeouts, progress; bytes go into the install engine's
 //!   `ArtifactWriter`, which alone makes a `VerifiedArtifact`;
+//! - [`p2p`]: the `[p2p]` section and peer-to-peer downloads through custody-peer (pieces from peers and HTTP,
+//!   each verified against the signed piece tree), the peer listener and discovery;
 //! - [`report`]: the on-disk event queue and its delivery to the service;
 //! - [`agent`]: the operations (scan, download, install, hold, rollback, status) on one device;
 //! - [`local_api`]: the newline-delimited JSON protocol on the Unix socket, its server (peer credentials checked
@@ -20,9 +23,11 @@ pub mod agent;
 pub mod config;
 pub mod daemon;
 pub mod download;
+pub mod enroll;
 pub mod evaluate;
 pub mod inventory;
 pub mod local_api;
+pub mod p2p;
 pub mod report;
 pub mod state;
 

@@ -97,6 +97,10 @@ pub enum Op {
     Unhold {
         target: HoldTarget,
     },
+    /// Remove a product (not the OS).
+    Uninstall {
+        product: ProductName,
+    },
     /// Receive event lines on this connection from now on.
     Subscribe,
 }
@@ -191,12 +195,12 @@ impl Op {
             "scan" | "history" => &["product"],
             "list" => &["all"],
             "download" | "install" => &["update", "product"],
-            "rollback" => &["product"],
+            "rollback" | "uninstall" => &["product"],
             "hold" | "unhold" => &["update", "product"],
             other => {
                 return Err(format!(
                     "unknown op {other:?}; the ops are status, scan, list, download, install, history, rollback, \
-                     hold, unhold, subscribe"
+                     hold, unhold, uninstall, subscribe"
                 ));
             }
         };
@@ -227,6 +231,7 @@ impl Op {
                 if name == "download" { Self::Download { selection } } else { Self::Install { selection } }
             }
             "rollback" => Self::Rollback { product: product.ok_or("rollback: \"product\" is required")? },
+            "uninstall" => Self::Uninstall { product: product.ok_or("uninstall: \"product\" is required")? },
             _ => {
                 let target = match (update, product) {
                     (Some(id), None) => HoldTarget::Update(id),
@@ -251,6 +256,7 @@ impl Op {
             Self::Download { selection } => ("download", selection.to_json()),
             Self::Install { selection } => ("install", selection.to_json()),
             Self::Rollback { product } => ("rollback", json!({ "product": product.as_str() })),
+            Self::Uninstall { product } => ("uninstall", json!({ "product": product.as_str() })),
             Self::Hold { target } => ("hold", target.to_json()),
             Self::Unhold { target } => ("unhold", target.to_json()),
         };
@@ -267,10 +273,12 @@ impl Op {
         let forbidden = |what: String| Err(ApiError::new("forbidden", what));
         match self {
             Self::Status | Self::List { .. } | Self::History { .. } | Self::Subscribe => Ok(()),
-            Self::Rollback { .. } | Self::Hold { .. } | Self::Unhold { .. } if !grant.admin => {
+            Self::Rollback { .. } | Self::Hold { .. } | Self::Unhold { .. } | Self::Uninstall { .. }
+                if !grant.admin =>
+            {
                 forbidden("this op needs an admin grant (root, or an allow entry with admin = true)".into())
             }
-            Self::Rollback { .. } | Self::Hold { .. } | Self::Unhold { .. } => Ok(()),
+            Self::Rollback { .. } | Self::Hold { .. } | Self::Unhold { .. } | Self::Uninstall { .. } => Ok(()),
             Self::Scan { product: Some(p) }
             | Self::Download { selection: Selection::Product(p) }
             | Self::Install { selection: Selection::Product(p) } => match grant.may_product(p.as_str()) {
@@ -647,6 +655,7 @@ mod tests {
         assert!(parse_error(r#"{"v":1,"op":"hold"}"#).contains("exactly one of"));
         assert!(parse_error(r#"{"v":1,"op":"install","update":"x"}"#).contains("\"update\""));
         assert!(parse_error(r#"{"v":1,"op":"rollback"}"#).contains("\"product\" is required"));
+        assert!(parse_error(r#"{"v":1,"op":"uninstall"}"#).contains("uninstall: \"product\" is required"));
         assert!(parse_error(r#"{"v":1,"op":"list","all":"yes"}"#).contains("true or false"));
     }
 
@@ -661,6 +670,7 @@ mod tests {
             Op::Download { selection: Selection::All },
             Op::Hold { target: HoldTarget::Update("3f0c1c52-6b1e-4c8e-9a57-2f4d8e1b7a90".parse().unwrap()) },
             Op::Rollback { product: "acme".parse().unwrap() },
+            Op::Uninstall { product: "acme".parse().unwrap() },
         ];
         for op in ops {
             let line = Value::Object(op.to_json()).to_string();
@@ -701,6 +711,7 @@ mod tests {
         assert!(
             Op::Hold { target: HoldTarget::Product("acme-agent".parse().unwrap()) }.check(&app, product_of).is_err()
         );
+        assert!(Op::Uninstall { product: "acme-agent".parse().unwrap() }.check(&app, product_of).is_err());
         assert!(Op::Status.check(&app, product_of).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use custody_api::device::{Event, EventBatch, EventBatchResponse, EventType, Inventory, ScanResult, UpdateRef};
+use custody_api::device::{Event, EventBatch, EventBatchResponse, EventType, Inventory};
 use custody_api::limits::{MAX_EVENT_DETAIL_BYTES, MAX_EVENTS_PER_BATCH};
 use custody_catalog::DeviceInventory;
 use tracing::{debug, info, warn};
@@ -60,31 +60,26 @@ impl Reporter {
         timeout: Duration,
     ) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(Error::io("create the directory", dir))?;
+        // An agent killed while it queued an event leaves the temporary file of that write (`.<name>.tmp<pid>`).
+        for entry in std::fs::read_dir(dir).map_err(Error::io("list", dir))? {
+            let entry = entry.map_err(Error::io("list", dir))?;
+            if entry.file_name().to_str().is_some_and(|name| name.starts_with('.') && name.contains(".json.tmp")) {
+                remove_if_present(&entry.path())?;
+            }
+        }
         let last = Self::queued_files(dir)?.last().and_then(|(sequence, _)| sequence.checked_add(1)).unwrap_or(1);
         Ok(Self { dir: dir.to_owned(), client, api_url, token, timeout, next_sequence: AtomicU64::new(last) })
     }
 
-    /// Queues an event about `update`; returns it (with its id). `result` goes with `scan-finished`, `error` with
-    /// the `*-failed` types (its errno, if an OS error caused it, else 1, and the error's code and text as detail).
-    pub fn record(
-        &self,
-        kind: EventType,
-        update: UpdateRef,
-        result: Option<ScanResult>,
-        error: Option<&Error>,
-    ) -> Result<Event, Error> {
-        let event = Event {
-            id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
-            time: jiff::Timestamp::now(),
-            kind,
-            update,
-            result,
-            code: error.map(Error::errno_or_one),
-            detail: error.map(event_detail).unwrap_or_default(),
-        };
+    /// Queues `event` (made with [`new_event`]) after checking it as the service will, so that the queue never
+    /// holds an event the service would refuse; returns it.
+    pub fn record(&self, event: Event) -> Result<Event, Error> {
+        event
+            .validate("event")
+            .map_err(|e| Error::Refused(format!("a {} report is invalid: {e}", event.kind.as_str())))?;
         let sequence = self.next_sequence.fetch_add(1, Ordering::SeqCst);
         write_json(&self.dir.join(format!("{sequence:020}.json")), &event)?;
-        debug!(kind = kind.as_str(), id = %event.id, "event queued");
+        debug!(kind = event.kind.as_str(), id = %event.id, "event queued");
         Ok(event)
     }
 
@@ -228,9 +223,38 @@ impl Backoff {
     }
 }
 
+/// A new event of `kind`, with a fresh id and the time now; the caller fills in what the type takes.
+pub fn new_event(kind: EventType) -> Event {
+    Event {
+        id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
+        time: jiff::Timestamp::now(),
+        kind,
+        update: None,
+        product: None,
+        result: None,
+        code: None,
+        from: None,
+        to: None,
+        reason: None,
+        operation: None,
+        outcome: None,
+        delivery: None,
+        detail: String::new(),
+    }
+}
+
+/// `event` with the `code` and `detail` of `error`: its errno if an OS error caused it, else 1; its code and text.
+pub fn with_error(event: Event, error: &Error) -> Event {
+    Event { code: Some(error.errno_or_one()), detail: event_detail(error), ..event }
+}
+
 /// `<code>: <error and causes>`, cut to what an event may carry, without control characters.
-fn event_detail(error: &Error) -> String {
-    let text = format!("{}: {}", error.code(), crate::error_chain(error));
+pub fn event_detail(error: &Error) -> String {
+    detail(&format!("{}: {}", error.code(), crate::error_chain(error)))
+}
+
+/// `text` cut to what an event's detail may carry, control characters but newline replaced by spaces.
+pub fn detail(text: &str) -> String {
     let mut detail = String::new();
     for c in text.chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }) {
         if detail.len() + c.len_utf8() > MAX_EVENT_DETAIL_BYTES {

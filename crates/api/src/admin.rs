@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::device::{Event, Inventory};
+use crate::device::{DeliveryStats, Event, Inventory};
 use crate::limits::{MAX_ENROLLMENT_HOURS, MAX_ENROLLMENT_USES, MAX_NAME_BYTES};
 use crate::{FieldError, check_text};
 use custody_catalog::UpdateId;
@@ -218,6 +218,38 @@ pub struct DeviceSummary {
     pub enrolled_at: Timestamp,
     /// The last enrollment, inventory or event report.
     pub last_seen: Timestamp,
+    /// When an admin revoked the device (`POST /admin/v1/devices/<id>/revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// `POST /admin/v1/devices/<id>/revoke`: the device authenticates no more, is nobody's peer, and its certificate goes
+/// on the device CRL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeDevice {
+    /// The CRL's reason: `unspecified` (default), `key-compromise`, `affiliation-changed`, `superseded`,
+    /// `cessation-of-operation` or `privilege-withdrawn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to a revocation (repeating it changes nothing and answers the same).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevoked {
+    pub device: DeviceSummary,
+    /// The device's certificate, for a certificate identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<RevokedCertificate>,
+}
+
+/// A device certificate and whether it is on the device CRL (`GET /pki/device-crl.pem`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificate {
+    pub serial: String,
+    /// `false` for a certificate the CA directory's index does not list (issued before the service recorded its
+    /// device certificates there): the service refuses it, but TLS peers cannot learn of it from the CRL.
+    pub on_crl: bool,
 }
 
 /// `GET /admin/v1/devices?limit=N&after=<id>`: devices in id order; `next` is the `after` of the next page.
@@ -226,6 +258,29 @@ pub struct DeviceList {
     pub devices: Vec<DeviceSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Uuid>,
+}
+
+/// `GET /admin/v1/delivery`: where devices' downloads came from, summed per device group (from the `delivery` of
+/// their `download-succeeded` events), in group order; devices without a group last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub groups: Vec<GroupDelivery>,
+}
+
+/// The download statistics of one device group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupDelivery {
+    /// The group (from the enrollment token); absent for devices without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Devices of the group that reported at least one download with statistics.
+    pub devices: u64,
+    /// Downloads reported with statistics.
+    pub downloads: u64,
+    /// Bytes by source, and bytes uploaded to peers.
+    pub bytes: DeliveryStats,
+    /// Peering efficiency: bytes from peers (LAN, group, internet) / bytes downloaded * 100.
+    pub percent_peer_caching: f64,
 }
 
 /// An event as stored.
@@ -409,16 +464,7 @@ impl CreateEnrollmentToken {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_name("name", &self.name)?;
         if let Some(group) = &self.group {
-            let valid = !group.is_empty()
-                && group.len() <= 64
-                && group.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && group.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-            if !valid {
-                return Err(FieldError::new(
-                    "group",
-                    "must be 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit",
-                ));
-            }
+            check_group("group", group)?;
         }
         if !(1..=MAX_ENROLLMENT_USES).contains(&self.uses) {
             return Err(FieldError::new("uses", format!("must be 1 to {MAX_ENROLLMENT_USES}")));
@@ -432,6 +478,27 @@ impl CreateEnrollmentToken {
     }
 }
 
+impl RevokeDevice {
+    /// The CRL reasons an admin may give.
+    pub const REASONS: [&str; 6] = [
+        "unspecified",
+        "key-compromise",
+        "affiliation-changed",
+        "superseded",
+        "cessation-of-operation",
+        "privilege-withdrawn",
+    ];
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match &self.reason {
+            Some(reason) if !Self::REASONS.contains(&reason.as_str()) => {
+                Err(FieldError::new("reason", format!("{reason:?} is not one of {}", Self::REASONS.join(", "))))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl PublishRequest {
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.role.is_empty() || self.role.chars().any(char::is_control) {
@@ -441,6 +508,18 @@ impl PublishRequest {
             return Err(FieldError::new("metadata", "must be a TUF metadata object {\"signed\", \"signatures\"}"));
         }
         Ok(())
+    }
+}
+
+/// A device group: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+pub(crate) fn check_group(field: &str, group: &str) -> Result<(), FieldError> {
+    let valid = !group.is_empty()
+        && group.len() <= 64
+        && group.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && group.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    match valid {
+        true => Ok(()),
+        false => Err(FieldError::new(field, "must be 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit")),
     }
 }
 

@@ -79,8 +79,9 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
-/// One event about one update. `result` is present exactly for `scan-finished`, `code` exactly for the `*-failed`
-/// types ([`EventType`]).
+/// One event: about an update, a product, or the agent itself. Which of the optional fields an event carries is
+/// fixed by its type ([`EventType`], and the table in docs/api.md): a field the type does not take is refused, so a
+/// misplaced value is never stored silently.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
@@ -91,13 +92,41 @@ pub struct Event {
     pub time: Timestamp,
     #[serde(rename = "type")]
     pub kind: EventType,
-    pub update: UpdateRef,
+    /// The update the event is about: required for the update events, optional for `rolled-back`, `recovered`
+    /// and `uninstalled` (the update of the version left), one of `update` and `product` for `held` and
+    /// `unheld` (with revision 0: a hold covers every revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateRef>,
+    /// The product a product event is about (a catalog product name); optional for `scan-failed` (a one-product
+    /// scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
     /// `scan-finished`: what the scan found about the update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ScanResult>,
-    /// `download-failed`, `install-failed`: the error code (an installer's exit status, an errno, ...).
+    /// `download-failed`, `install-failed`, `scan-failed`: the error code (an installer's exit status, an errno,
+    /// ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i64>,
+    /// `rolled-back`: the version left; `recovered`: the version the interrupted operation was about (if known);
+    /// `uninstalled`: the version removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `rolled-back`: the version restored; `recovered`: the version in use after recovery (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `rolled-back`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RollbackReason>,
+    /// `recovered`: the operation a crash interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// `recovered`: whether recovery finished the operation or undid it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RecoveryOutcome>,
+    /// `download-succeeded` (optional): where the bytes came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStats>,
     /// Details for people: at most [`MAX_EVENT_DETAIL_BYTES`] bytes; newline and tab are the only control
     /// characters allowed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -111,12 +140,26 @@ pub enum EventType {
     /// The device evaluated the update against itself (`result`).
     ScanFinished,
     DownloadStarted,
+    /// The update is downloaded and verified (`delivery`: where its bytes came from).
     DownloadSucceeded,
     DownloadFailed,
     InstallSucceeded,
     InstallFailed,
     /// The update is installed but takes effect after a reboot.
     RebootPending,
+    /// A scan failed before it could evaluate anything (`code`; `product` for a one-product scan).
+    ScanFailed,
+    /// An update (`update`, revision 0) or a product (`product`) is held: neither downloaded nor installed.
+    Held,
+    /// A hold was released.
+    Unheld,
+    /// A product went back from version `from` to `to` (`reason`: by request, or automatically).
+    RolledBack,
+    /// At start, the agent found an `operation` on `product` that a crash or power loss interrupted, and finished
+    /// it or undid it (`outcome`); `to` is the version in use afterwards.
+    Recovered,
+    /// A product was removed (`from`: its version).
+    Uninstalled,
 }
 
 /// What a scan found about one update.
@@ -127,6 +170,61 @@ pub enum ScanResult {
     Needed,
     Installed,
     NotApplicable,
+}
+
+/// Why a product went back to an earlier version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackReason {
+    /// Someone asked for it (`custody agent rollback`).
+    Manual,
+    /// The new version's health check failed right after the switch.
+    HealthCheckFailed,
+    /// A new OS image was not confirmed after the reboot: its check failed, or the boot counter ran out, or the
+    /// bootloader fell back to the other slot.
+    BootFailed,
+}
+
+/// An operation of the install engine that a crash can interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Install,
+    OsInstall,
+    Rollback,
+    OsRollback,
+    Uninstall,
+    /// Confirming a new OS image after the reboot.
+    OsConfirm,
+}
+
+/// What recovery did with an interrupted operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryOutcome {
+    /// The operation had reached the point where it stands; recovery finished it.
+    Completed,
+    /// The install had not finished; recovery restored the previous version.
+    Undone,
+}
+
+/// Where the bytes of one download came from, and how many this device served to peers meanwhile (bytes each).
+/// HTTP-only downloads count everything in `from_http`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryStats {
+    /// From the origin, a CDN or an HTTP cache (`[content] sources`).
+    pub from_http: u64,
+    /// From a cache server of the device's group.
+    pub from_cache_server: u64,
+    /// From peers on the device's network.
+    pub from_lan_peers: u64,
+    /// From peers of the device's group elsewhere.
+    pub from_group_peers: u64,
+    /// From other peers on the internet.
+    pub from_internet_peers: u64,
+    /// Uploaded to peers.
+    pub to_peers: u64,
 }
 
 /// An update and the revision the event concerns.
@@ -216,42 +314,95 @@ impl EventBatch {
 impl Event {
     /// Checks the event; `at` is its path in the request (`events[3]`).
     pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let field = |name: &str| format!("{at}.{name}");
         if self.id.is_nil() {
-            return Err(FieldError::new(format!("{at}.id"), "must not be the nil UUID"));
+            return Err(FieldError::new(field("id"), "must not be the nil UUID"));
         }
-        if self.update.revision == 0 {
-            return Err(FieldError::new(format!("{at}.update.revision"), "must be at least 1"));
+        let shape = self.kind.shape();
+        let fields = [
+            ("update", self.update.is_some(), shape.update),
+            ("product", self.product.is_some(), shape.product),
+            ("result", self.result.is_some(), shape.result),
+            ("code", self.code.is_some(), shape.code),
+            ("from", self.from.is_some(), shape.from),
+            ("to", self.to.is_some(), shape.to),
+            ("reason", self.reason.is_some(), shape.reason),
+            ("operation", self.operation.is_some(), shape.recovery),
+            ("outcome", self.outcome.is_some(), shape.recovery),
+            ("delivery", self.delivery.is_some(), shape.delivery),
+        ];
+        for (name, present, takes) in fields {
+            match (takes, present) {
+                (Takes::Required, false) => return Err(FieldError::new(field(name), self.kind.required())),
+                (Takes::No, true) => return Err(FieldError::new(field(name), self.kind.forbidden())),
+                _ => {}
+            }
         }
-        let is_scan = self.kind == EventType::ScanFinished;
-        match (&self.result, is_scan) {
-            (None, true) => return Err(FieldError::new(format!("{at}.result"), self.kind.required())),
-            (Some(_), false) => return Err(FieldError::new(format!("{at}.result"), self.kind.forbidden())),
+        let hold = matches!(self.kind, EventType::Held | EventType::Unheld);
+        if hold && self.update.is_some() == self.product.is_some() {
+            let problem = format!("{} events name exactly one of update and product", self.kind.as_str());
+            return Err(FieldError::new(field("update"), problem));
+        }
+        match (&self.update, hold) {
+            (Some(update), true) if update.revision != 0 => {
+                let problem = "must be 0 in held and unheld events: a hold covers every revision";
+                return Err(FieldError::new(field("update.revision"), problem));
+            }
+            (Some(update), false) if update.revision == 0 => {
+                return Err(FieldError::new(field("update.revision"), "must be at least 1"));
+            }
             _ => {}
         }
-        match (&self.code, self.kind.is_failure()) {
-            (None, true) => return Err(FieldError::new(format!("{at}.code"), self.kind.required())),
-            (Some(_), false) => return Err(FieldError::new(format!("{at}.code"), self.kind.forbidden())),
-            _ => {}
+        if let Some(product) = &self.product {
+            product.parse::<ProductName>().map_err(|e| FieldError::new(field("product"), reason(e)))?;
+        }
+        for (name, version) in [("from", &self.from), ("to", &self.to)] {
+            if let Some(version) = version {
+                version.parse::<Version>().map_err(|e| FieldError::new(field(name), reason(e)))?;
+            }
+        }
+        if let Some(delivery) = &self.delivery {
+            delivery.validate(&field("delivery"))?;
         }
         if self.detail.len() > MAX_EVENT_DETAIL_BYTES {
             return Err(FieldError::new(
-                format!("{at}.detail"),
+                field("detail"),
                 format!("is {} bytes; at most {MAX_EVENT_DETAIL_BYTES} are allowed", self.detail.len()),
             ));
         }
         if self.detail.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            return Err(FieldError::new(
-                format!("{at}.detail"),
-                "must not contain control characters but newline and tab",
-            ));
+            return Err(FieldError::new(field("detail"), "must not contain control characters but newline and tab"));
         }
         Ok(())
     }
 }
 
+/// Whether an event type takes a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takes {
+    Required,
+    Optional,
+    No,
+}
+
+/// The fields an event type takes.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    update: Takes,
+    product: Takes,
+    result: Takes,
+    code: Takes,
+    from: Takes,
+    to: Takes,
+    reason: Takes,
+    /// `operation` and `outcome`.
+    recovery: Takes,
+    delivery: Takes,
+}
+
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 13] = [
         Self::ScanFinished,
         Self::DownloadStarted,
         Self::DownloadSucceeded,
@@ -259,6 +410,12 @@ impl EventType {
         Self::InstallSucceeded,
         Self::InstallFailed,
         Self::RebootPending,
+        Self::ScanFailed,
+        Self::Held,
+        Self::Unheld,
+        Self::RolledBack,
+        Self::Recovered,
+        Self::Uninstalled,
     ];
 
     /// The wire name (`install-failed`).
@@ -271,11 +428,45 @@ impl EventType {
             Self::InstallSucceeded => "install-succeeded",
             Self::InstallFailed => "install-failed",
             Self::RebootPending => "reboot-pending",
+            Self::ScanFailed => "scan-failed",
+            Self::Held => "held",
+            Self::Unheld => "unheld",
+            Self::RolledBack => "rolled-back",
+            Self::Recovered => "recovered",
+            Self::Uninstalled => "uninstalled",
         }
     }
 
+    /// The types that carry an error `code`.
     pub fn is_failure(self) -> bool {
-        matches!(self, Self::DownloadFailed | Self::InstallFailed)
+        matches!(self, Self::DownloadFailed | Self::InstallFailed | Self::ScanFailed)
+    }
+
+    fn shape(self) -> Shape {
+        use Takes::{No, Optional, Required};
+        let update_event = Shape {
+            update: Required,
+            product: No,
+            result: No,
+            code: No,
+            from: No,
+            to: No,
+            reason: No,
+            recovery: No,
+            delivery: No,
+        };
+        let product_event = Shape { update: Optional, product: Required, ..update_event };
+        match self {
+            Self::ScanFinished => Shape { result: Required, ..update_event },
+            Self::DownloadSucceeded => Shape { delivery: Optional, ..update_event },
+            Self::DownloadFailed | Self::InstallFailed => Shape { code: Required, ..update_event },
+            Self::DownloadStarted | Self::InstallSucceeded | Self::RebootPending => update_event,
+            Self::ScanFailed => Shape { update: No, product: Optional, code: Required, ..update_event },
+            Self::Held | Self::Unheld => Shape { product: Optional, ..product_event },
+            Self::RolledBack => Shape { from: Required, to: Required, reason: Required, ..product_event },
+            Self::Recovered => Shape { from: Optional, to: Optional, recovery: Required, ..product_event },
+            Self::Uninstalled => Shape { from: Required, ..product_event },
+        }
     }
 
     fn required(self) -> String {
@@ -305,6 +496,94 @@ impl ScanResult {
             Self::Installed => "installed",
             Self::NotApplicable => "not-applicable",
         }
+    }
+}
+
+impl RollbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::HealthCheckFailed => "health-check-failed",
+            Self::BootFailed => "boot-failed",
+        }
+    }
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::OsInstall => "os-install",
+            Self::Rollback => "rollback",
+            Self::OsRollback => "os-rollback",
+            Self::Uninstall => "uninstall",
+            Self::OsConfirm => "os-confirm",
+        }
+    }
+}
+
+impl RecoveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Undone => "undone",
+        }
+    }
+}
+
+impl DeliveryStats {
+    /// HTTP only: every byte from the origin, a CDN or a cache.
+    pub fn http(bytes: u64) -> Self {
+        Self { from_http: bytes, ..Self::default() }
+    }
+
+    /// Bytes from peers: LAN, group and internet (not the cache server).
+    pub fn from_peers(&self) -> u64 {
+        self.from_lan_peers.saturating_add(self.from_group_peers).saturating_add(self.from_internet_peers)
+    }
+
+    /// Bytes downloaded, from every source.
+    pub fn total(&self) -> u64 {
+        self.from_http.saturating_add(self.from_cache_server).saturating_add(self.from_peers())
+    }
+
+    /// Delivery Optimization's peering efficiency: bytes from peers / bytes downloaded * 100 (0 when nothing was
+    /// downloaded).
+    pub fn percent_peer_caching(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => self.from_peers() as f64 * 100.0 / total as f64,
+        }
+    }
+
+    /// Checks the counts; `at` is the field's path (`events[3].delivery`).
+    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
+        let counts = [
+            ("from_http", self.from_http),
+            ("from_cache_server", self.from_cache_server),
+            ("from_lan_peers", self.from_lan_peers),
+            ("from_group_peers", self.from_group_peers),
+            ("from_internet_peers", self.from_internet_peers),
+            ("to_peers", self.to_peers),
+        ];
+        for (name, count) in counts {
+            if i64::try_from(count).is_err() {
+                return Err(FieldError::new(format!("{at}.{name}"), format!("is {count}; at most {} bytes", i64::MAX)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::AddAssign for DeliveryStats {
+    /// Sums the counts (saturating).
+    fn add_assign(&mut self, other: Self) {
+        self.from_http = self.from_http.saturating_add(other.from_http);
+        self.from_cache_server = self.from_cache_server.saturating_add(other.from_cache_server);
+        self.from_lan_peers = self.from_lan_peers.saturating_add(other.from_lan_peers);
+        self.from_group_peers = self.from_group_peers.saturating_add(other.from_group_peers);
+        self.from_internet_peers = self.from_internet_peers.saturating_add(other.from_internet_peers);
+        self.to_peers = self.to_peers.saturating_add(other.to_peers);
     }
 }
 
@@ -402,6 +681,98 @@ mod tests {
         assert_eq!(err.field, "events[0].detail");
         let err = event(r#""type": "download-started", "detail": "a\u0007b""#).unwrap_err();
         assert_eq!(err.field, "events[0].detail");
+    }
+
+    /// An event without an update: `rest` holds its type and fields.
+    fn product_event(rest: &str) -> Result<(), FieldError> {
+        let json =
+            format!(r#"{{"id": "6a1f9b3e-5c2d-4e8f-9a7b-1c2d3e4f5a6b", "time": "2025-06-10T12:00:00Z", {rest}}}"#);
+        let event: Event = serde_json::from_str(&json).unwrap();
+        event.validate("events[0]")
+    }
+
+    #[test]
+    fn product_and_agent_events_need_exactly_their_fields() {
+        assert!(product_event(r#""type": "scan-failed", "code": 7, "detail": "metadata: timestamp expired""#).is_ok());
+        assert!(product_event(r#""type": "scan-failed", "code": 1, "product": "acme-agent""#).is_ok());
+        assert!(product_event(r#""type": "held", "product": "acme-agent""#).is_ok());
+        assert!(
+            product_event(
+                r#""type": "unheld", "update": {"id": "3f0c1c52-6b1e-4c8e-9a57-2f4d8e1b7a90", "revision": 0}"#
+            )
+            .is_ok()
+        );
+        assert!(
+            product_event(
+                r#""type": "rolled-back", "product": "acme-agent", "from": "2.4.0", "to": "2.3.1", "reason": "manual""#
+            )
+            .is_ok()
+        );
+        assert!(
+            event(
+                r#""type": "rolled-back", "product": "acme-os", "from": "7.1", "to": "7.0", "reason": "boot-failed""#
+            )
+            .is_ok()
+        );
+        assert!(product_event(
+            r#""type": "recovered", "product": "acme-agent", "operation": "install", "outcome": "undone", "from": "2.4.0", "to": "2.3.1""#
+        )
+        .is_ok());
+        assert!(product_event(
+            r#""type": "recovered", "product": "acme-agent", "operation": "uninstall", "outcome": "completed", "from": "2.4.0""#
+        )
+        .is_ok());
+        assert!(product_event(r#""type": "uninstalled", "product": "acme-agent", "from": "2.4.0""#).is_ok());
+        let delivery = r#""delivery": {"from_http": 10, "from_cache_server": 0, "from_lan_peers": 30,
+            "from_group_peers": 0, "from_internet_peers": 0, "to_peers": 5}"#;
+        assert!(event(&format!(r#""type": "download-succeeded", {delivery}"#)).is_ok());
+
+        let field = |result: Result<(), FieldError>| result.unwrap_err().field;
+        assert_eq!(field(product_event(r#""type": "scan-failed""#)), "events[0].code");
+        assert_eq!(field(event(r#""type": "scan-failed", "code": 1"#)), "events[0].update");
+        assert_eq!(field(product_event(r#""type": "download-started""#)), "events[0].update");
+        assert_eq!(field(event(r#""type": "install-succeeded", "product": "acme-agent""#)), "events[0].product");
+        assert_eq!(field(product_event(r#""type": "held""#)), "events[0].update");
+        let both = event(r#""type": "held", "product": "acme-agent""#).unwrap_err();
+        assert_eq!(both.problem, "held events name exactly one of update and product");
+        assert_eq!(field(event(r#""type": "held""#)), "events[0].update.revision", "a hold has revision 0");
+        assert_eq!(field(product_event(r#""type": "held", "product": "Acme""#)), "events[0].product");
+        let no_reason = r#""type": "rolled-back", "product": "acme-agent", "from": "2.4.0", "to": "2.3.1""#;
+        assert_eq!(field(product_event(no_reason)), "events[0].reason");
+        let bad_version = r#""type": "uninstalled", "product": "acme-agent", "from": "2.4.0-rc1""#;
+        assert_eq!(field(product_event(bad_version)), "events[0].from");
+        let no_outcome = r#""type": "recovered", "product": "acme-agent", "operation": "install", "from": "2.4.0""#;
+        assert_eq!(field(product_event(no_outcome)), "events[0].outcome");
+        assert_eq!(field(event(&format!(r#""type": "install-succeeded", {delivery}"#))), "events[0].delivery");
+        let huge = r#""type": "download-succeeded", "delivery": {"from_http": 18446744073709551615,
+            "from_cache_server": 0, "from_lan_peers": 0, "from_group_peers": 0, "from_internet_peers": 0, "to_peers": 0}"#;
+        assert_eq!(field(event(huge)), "events[0].delivery.from_http");
+        let unknown =
+            r#"{"id": "6a1f9b3e-5c2d-4e8f-9a7b-1c2d3e4f5a6b", "time": "2025-06-10T12:00:00Z", "type": "rebooted"}"#;
+        assert!(serde_json::from_str::<Event>(unknown).unwrap_err().to_string().contains("unknown variant"));
+        for kind in EventType::ALL {
+            assert_eq!(kind.as_str().parse::<EventType>().unwrap(), kind);
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn delivery_stats_sum_and_give_the_peering_efficiency() {
+        let mut stats = DeliveryStats::http(100);
+        assert_eq!((stats.total(), stats.from_peers(), stats.percent_peer_caching()), (100, 0, 0.0));
+        stats += DeliveryStats {
+            from_lan_peers: 200,
+            from_group_peers: 50,
+            from_cache_server: 50,
+            to_peers: 9,
+            ..Default::default()
+        };
+        assert_eq!((stats.total(), stats.from_peers(), stats.to_peers), (400, 250, 9));
+        assert_eq!(stats.percent_peer_caching(), 62.5);
+        assert_eq!(DeliveryStats::default().percent_peer_caching(), 0.0);
+        let mut full = DeliveryStats::http(u64::MAX);
+        full += DeliveryStats::http(1);
+        assert_eq!(full.from_http, u64::MAX, "sums saturate");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod device;
 pub mod limits;
+pub mod p2p;
 pub mod routes;
 
 use serde::{Deserialize, Serialize};

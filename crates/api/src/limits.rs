@@ -27,6 +27,11 @@ pub const MAX_EVENT_DETAIL_BYTES: usize = 2048;
 /// How far in the future (by the service's clock) an event's time may lie, in seconds.
 pub const MAX_CLOCK_SKEW_SECONDS: i64 = 24 * 3600;
 
+/// `POST /device/v1/peers` body.
+pub const MAX_PEER_QUERY_BYTES: usize = 8 * 1024;
+/// Interface addresses in one peer query.
+pub const MAX_PEER_ADDRESSES: usize = 16;
+
 /// Admin JSON bodies other than publishing.
 pub const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
 /// `POST /admin/v1/publish` body (signed targets-role metadata).

@@ -16,8 +16,10 @@ pub const DEVICE_ENROLL: &str = "/device/v1/enroll";
 pub const DEVICE_INVENTORY: &str = "/device/v1/inventory";
 /// `POST`: a batch of events.
 pub const DEVICE_EVENTS: &str = "/device/v1/events";
+/// `POST`: peers of a content for peer-to-peer delivery (and the device's announcement as one).
+pub const DEVICE_PEERS: &str = "/device/v1/peers";
 /// The device routes that need a device identity (a client certificate, or a device token where allowed).
-pub const DEVICE_AUTHENTICATED: [&str; 2] = [DEVICE_INVENTORY, DEVICE_EVENTS];
+pub const DEVICE_AUTHENTICATED: [&str; 3] = [DEVICE_INVENTORY, DEVICE_EVENTS, DEVICE_PEERS];
 
 /// Prefix of the admin API.
 pub const ADMIN_PREFIX: &str = "/admin/v1";
@@ -39,6 +41,8 @@ pub const ADMIN_PUBLISH: &str = "/admin/v1/publish";
 pub const ADMIN_STAGED: &str = "/admin/v1/staged";
 /// `GET`: versions and expiry of the published metadata.
 pub const ADMIN_STATUS: &str = "/admin/v1/status";
+/// `GET`: download statistics (bytes by source, peering efficiency) per device group.
+pub const ADMIN_DELIVERY: &str = "/admin/v1/delivery";
 
 /// TUF metadata (HTTPS only): `/metadata/<N>.<role>.json`, `/metadata/timestamp.json`, `/metadata/merkle/...`.
 pub const METADATA: &str = "/metadata";
@@ -66,6 +70,11 @@ pub fn admin_update_compliance(id: &str) -> String {
 /// `/admin/v1/devices/<id>`.
 pub fn admin_device(id: &str) -> String {
     format!("{ADMIN_DEVICES}/{id}")
+}
+
+/// `POST`: `/admin/v1/devices/<id>/revoke`.
+pub fn admin_device_revoke(id: &str) -> String {
+    format!("{ADMIN_DEVICES}/{id}/revoke")
 }
 
 /// `/admin/v1/tokens/<id>`.

@@ -275,7 +275,7 @@ impl<F: Fetcher> Updater<F> {
         base_url: &str,
         dir: &Path,
     ) -> Result<PathBuf, Error> {
-        let path = dir.join(encode_role(&target.path()));
+        let path = dir.join(encode_role(target.path()));
         match std::fs::read(&path) {
             Ok(existing) if target.matches(&existing) => {
                 debug!(target = target.path(), "already downloaded");

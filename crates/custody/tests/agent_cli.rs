@@ -86,6 +86,19 @@ async fn commands_act_directly_without_a_daemon_with_json_and_exit_codes() {
     let unknown = agent(&world, None, &["install", "--json", "--update", "9b2d7c1e-0a4f-4f43-8d1a-6c3e5b7a9f12"]).await;
     assert_eq!(code(&unknown), 1);
     assert_eq!(json(&unknown)["error"]["code"], "unknown-update");
+
+    // Uninstall removes the product and is reported to the service; the status shows the download's sources.
+    let status = json(&agent(&world, None, &["status", "--json"]).await);
+    assert_eq!(status["result"]["delivery"]["downloads"], 1, "{status}");
+    assert_eq!(status["result"]["last_downloads"][0]["version"], "2.0");
+    let removed = agent(&world, None, &["uninstall", PRODUCT, "--json"]).await;
+    assert_eq!(code(&removed), 0, "{}", text(&removed));
+    assert_eq!(json(&removed)["result"], serde_json::json!({"product": PRODUCT, "version": "2.0"}));
+    assert_eq!(world.installed_version(), None);
+    let reported = world.received.lock().unwrap().events.iter().any(|e| e.kind.as_str() == "uninstalled");
+    assert!(reported, "the uninstall was reported");
+    let again = agent(&world, None, &["uninstall", PRODUCT, "--json"]).await;
+    assert_eq!((code(&again), json(&again)["error"]["code"].as_str()), (1, Some("install")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

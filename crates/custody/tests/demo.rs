@@ -3,6 +3,7 @@
 //! each device did and what the admin API says about compliance.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use serde_json::Value;
@@ -43,7 +44,25 @@ fn demo_installs_every_kind_on_every_device_and_reports_compliance() {
         let name = device["name"].as_str().unwrap();
         let version = std::fs::read_to_string(dir.join("devices").join(name).join("opt/demo-app/VERSION")).unwrap();
         assert_eq!(version, "1.0\n");
+        // `custody agent enroll` gave the device a certificate from the device intermediate; its key is private.
+        let device_dir = dir.join("devices").join(name);
+        let chain = std::fs::read_to_string(device_dir.join("device-chain.pem")).unwrap();
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "device certificate and device intermediate");
+        let mode = std::fs::metadata(device_dir.join("device-key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
+
+    // Enrolling an enrolled device again is refused without --force, and nothing is overwritten.
+    let key_before = std::fs::read(dir.join("devices/device-1/device-key.pem")).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_custody"))
+        .args(["agent", "enroll", "--token-env", "NO_SUCH_TOKEN_NEEDED", "--config"])
+        .arg(dir.join("devices/device-1/agent.toml"))
+        .env("NO_SUCH_TOKEN_NEEDED", "custody_enroll_unused")
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already enrolled"), "{again:?}");
+    assert_eq!(std::fs::read(dir.join("devices/device-1/device-key.pem")).unwrap(), key_before);
 
     // Compliance from the admin API: every device has every update meant for it; the OS waits for a reboot.
     let mut per_kind: BTreeMap<String, (u64, u64)> = BTreeMap::new();

@@ -1,8 +1,8 @@
 //! Downloads turned into verified artifacts.
 //!
 //! Unverified bytes and a verified artifact are different types: [`ArtifactWriter`] takes bytes, and only its
-//! [`ArtifactWriter::finish`] makes a [`VerifiedArtifact`], after the length and every signed hash matched. The
-//! install engine takes nothing else.
+//! [`ArtifactWriter::finish`] (and [`VerifiedArtifact::from_assembled`], below) makes a [`VerifiedArtifact`], after
+//! the length and every signed hash matched. The install engine takes nothing else.
 //!
 //! Before the first byte, [`ArtifactWriter::create`] checks *intention*: that the catalog entry is the one signed in
 //! this target's `custom` metadata, that its content length and SHA-256 are the target's, that it applies to this
@@ -14,6 +14,12 @@
 //! thread per writer, which computes the other listed hashes over them and writes them to the file. Three buffers
 //! circulate between the two, so memory stays bounded and a slow disk slows the caller down instead of queueing
 //! data.
+//!
+//! **Assembled files** are the other way in: peer-to-peer delivery writes verified pieces at their offsets, in any
+//! order, so no single stream of bytes passes through a writer. [`VerifiedArtifact::from_assembled`] checks the same
+//! intention, then reads the finished file once through the handle it keeps, checking its length and every signed
+//! hash. The piece hashes (checked against a signed root) decide what is written; this whole-file check alone decides
+//! what becomes a `VerifiedArtifact`.
 //!
 //! **Resuming** is the one exception to the single pass: [`ArtifactWriter::resume`] reads the prefix already on disk
 //! once to rebuild the hash state, then continues to hash while writing. The hash state is not persisted instead
@@ -434,7 +440,8 @@ impl Drop for ArtifactWriter {
 }
 
 /// A downloaded target whose length and every signed hash matched, and whose catalog entry is the one signed for it
-/// and applies to this device. Only [`ArtifactWriter::finish`] makes one; the install engine takes only this.
+/// and applies to this device. Only [`ArtifactWriter::finish`] and [`VerifiedArtifact::from_assembled`] make one;
+/// the install engine takes only this.
 ///
 /// It keeps the file open: the engine reads the bytes that were verified through this handle, not through a path
 /// that could be replaced in between.
@@ -447,6 +454,61 @@ pub struct VerifiedArtifact {
 }
 
 impl VerifiedArtifact {
+    /// Verifies a complete file assembled elsewhere (peer-to-peer delivery writes verified pieces at their offsets)
+    /// and makes it a `VerifiedArtifact`: first the intention checks of [`ArtifactWriter::create`], then the file at
+    /// `path` is opened (a symbolic link is refused) and read once through the handle the artifact keeps, and its
+    /// length and every signed hash must match. The file is then made durable where it is. On a length or hash
+    /// mismatch the file is removed and the error names what did not match; after an intention error the file is
+    /// left as it is.
+    pub fn from_assembled(
+        path: &Path,
+        target: &TrustedTarget,
+        entry: &UpdateEntry,
+        device: &DeviceInventory,
+    ) -> Result<VerifiedArtifact, Error> {
+        let (caller, others) = ArtifactWriter::check_intention(target, entry, device)?;
+        let mut file =
+            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(Error::io("open", path))?;
+        let length = target.file().length;
+        let found = file.metadata().map_err(Error::io("stat", path))?.len();
+        let discard = |file: File, error: Error| {
+            drop(file);
+            fs::remove_file(path)?;
+            Err(error)
+        };
+        if found != length {
+            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: found });
+        }
+        let mut hashers: Vec<Hasher> = std::iter::once(caller).chain(others).collect();
+        let mut buffer = vec![0u8; BUFFER];
+        let mut read = 0u64;
+        loop {
+            let count = file.read(&mut buffer).map_err(Error::io("read", path))?;
+            if count == 0 {
+                break;
+            }
+            for hasher in &mut hashers {
+                hasher.context.update(&buffer[..count]);
+            }
+            read += count as u64;
+        }
+        if read != length {
+            // The file changed size while it was read.
+            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: read });
+        }
+        hashers.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
+        for hasher in hashers {
+            if hasher.context.finish().as_ref() != hasher.expected.as_slice() {
+                let algorithm = hasher.algorithm;
+                return discard(file, Error::HashMismatch { path: target.path().to_owned(), algorithm });
+            }
+        }
+        file.sync_all().map_err(Error::io("sync", path))?;
+        fs::sync_dir(fs::parent(path))?;
+        tracing::info!(target = %target.path(), length, path = %path.display(), "assembled file verified");
+        Ok(VerifiedArtifact { path: path.to_owned(), file, target: target.clone(), entry: entry.clone() })
+    }
+
     /// Where the verified file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -626,6 +688,68 @@ mod tests {
         assert!(matches!(create(&bare, &entry, &device()), Error::NoCatalogEntry { .. }));
 
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing is created");
+    }
+
+    #[test]
+    fn assembled_files_are_verified_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let (target, entry) = target(&payload, "x86_64");
+        let target = altered(&target, None, |file| {
+            file.hashes.insert("sha512".into(), hex::encode(digest::digest(&digest::SHA512, &payload)));
+        });
+        let path = dir.path().join("assembled.part");
+
+        std::fs::write(&path, &payload).unwrap();
+        let artifact = VerifiedArtifact::from_assembled(&path, &target, &entry, &device()).unwrap();
+        assert_eq!(artifact.path(), path);
+        let mut read = Vec::new();
+        artifact.reader().unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, payload);
+        drop(artifact);
+
+        // One flipped byte anywhere: refused and removed.
+        let mut corrupt = payload.clone();
+        corrupt[299_999] ^= 0x40;
+        std::fs::write(&path, &corrupt).unwrap();
+        let error = VerifiedArtifact::from_assembled(&path, &target, &entry, &device()).unwrap_err();
+        assert!(matches!(&error, Error::HashMismatch { algorithm, .. } if algorithm == "sha256"), "{error}");
+        assert!(!path.exists());
+
+        // Only the SHA-512 disagrees: still refused.
+        std::fs::write(&path, &payload).unwrap();
+        let wrong512 = altered(&target, None, |file| {
+            file.hashes.insert("sha512".into(), hex::encode([9u8; 64]));
+        });
+        let error = VerifiedArtifact::from_assembled(&path, &wrong512, &entry, &device()).unwrap_err();
+        assert!(matches!(&error, Error::HashMismatch { algorithm, .. } if algorithm == "sha512"), "{error}");
+
+        // Short or long: refused and removed.
+        for len in [payload.len() - 1, payload.len() + 1] {
+            let mut bytes = payload.clone();
+            bytes.resize(len, 0);
+            std::fs::write(&path, &bytes).unwrap();
+            let error = VerifiedArtifact::from_assembled(&path, &target, &entry, &device()).unwrap_err();
+            assert!(matches!(error, Error::LengthMismatch { received, .. } if received == len as u64), "{error}");
+            assert!(!path.exists());
+        }
+
+        // Intention first: an entry not signed for this target, or not for this device, leaves the file alone.
+        std::fs::write(&path, &payload).unwrap();
+        let (_, other_entry) = self::target(b"other payload", "x86_64");
+        let error = VerifiedArtifact::from_assembled(&path, &target, &other_entry, &device()).unwrap_err();
+        assert!(matches!(error, Error::EntryNotSigned { .. }), "{error}");
+        let (arm_target, arm_entry) = self::target(&payload, "aarch64");
+        let error = VerifiedArtifact::from_assembled(&path, &arm_target, &arm_entry, &device()).unwrap_err();
+        assert!(matches!(error, Error::NotApplicable { .. }), "{error}");
+        assert!(path.exists());
+
+        // A symbolic link is not followed.
+        let link = dir.path().join("link.part");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let error = VerifiedArtifact::from_assembled(&link, &target, &entry, &device()).unwrap_err();
+        assert!(matches!(error, Error::Io { action: "open", .. }), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), payload);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! <state>/products/<product>/history.jsonl            installs, failed health checks, rollbacks, removals
 //! <state>/os/slot-a, slot-b                 OS images; slot-a.json, slot-b.json describe them
 //! <state>/os/active                         -> slot-a | slot-b      (swapped atomically)
+//! <state>/os/pending.json                   the new image waiting for its boot to be confirmed
 //! ```
 //!
 //! What runs, and with which arguments, comes only from the signed catalog entry inside the artifact: the handler,
@@ -28,7 +29,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use custody_catalog::{AbsPath, ArchiveFormat, Argv, ImageFormat, Kind, ProductName, Reboot, SlotLayout, UpdateEntry};
+use custody_catalog::{
+    AbsPath, ArchiveFormat, Argv, ImageFormat, Kind, ProductName, Reboot, SlotLayout, UpdateEntry, UpdateId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, VerifiedArtifact, fs, package};
@@ -43,11 +46,30 @@ pub struct Options {
     pub health_check_timeout: Duration,
     /// The size of an OS slot: a (decompressed) image larger than this is refused.
     pub os_slot_size: u64,
+    /// Boots of a new OS image without confirmation before it is given up and the previous slot is made active
+    /// again (the boot counter).
+    pub os_boot_attempts: u32,
+    /// The device's own check of a new OS after it booted (catalog schema 1 signs none for OS images), run like a
+    /// signed health check; without it, the agent starting on the new OS is the check.
+    pub os_health_check: Option<Argv>,
+    /// The running kernel's boot id (`/proc/sys/kernel/random/boot_id`): a new one means the device rebooted since
+    /// an OS image was written. `None` when unknown: no reboot is ever seen, so nothing is confirmed.
+    pub boot_id: Option<String>,
 }
 
 impl Default for Options {
+    /// Two kept versions, 300 s health checks, 64 GiB slots, three boots to confirm an OS image, and the running
+    /// kernel's boot id.
     fn default() -> Self {
-        Self { keep_versions: 2, health_check_timeout: Duration::from_secs(300), os_slot_size: 64 << 30 }
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|id| id.trim().to_owned());
+        Self {
+            keep_versions: 2,
+            health_check_timeout: Duration::from_secs(300),
+            os_slot_size: 64 << 30,
+            os_boot_attempts: 3,
+            os_health_check: None,
+            boot_id,
+        }
     }
 }
 
@@ -83,6 +105,54 @@ impl Slot {
     }
 }
 
+/// The update a version came from, as its signed catalog entry names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpdateKey {
+    pub id: UpdateId,
+    pub revision: u32,
+}
+
+/// An operation of the engine that a crash can interrupt (and [`Installer::recover`] finishes or undoes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Install,
+    OsInstall,
+    Rollback,
+    OsRollback,
+    Uninstall,
+    /// Confirming a new OS image after it booted.
+    OsConfirm,
+}
+
+impl Operation {
+    /// The machine name (`os-install`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Install => "install",
+            Self::OsInstall => "os-install",
+            Self::Rollback => "rollback",
+            Self::OsRollback => "os-rollback",
+            Self::Uninstall => "uninstall",
+            Self::OsConfirm => "os-confirm",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    /// For people: `OS install`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Install => "install",
+            Self::OsInstall => "OS install",
+            Self::Rollback => "rollback",
+            Self::OsRollback => "OS rollback",
+            Self::Uninstall => "uninstall",
+            Self::OsConfirm => "OS confirmation",
+        })
+    }
+}
+
 /// What an install did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallOutcome {
@@ -102,18 +172,62 @@ pub struct RollbackOutcome {
     pub product: String,
     pub from: String,
     pub to: String,
+    /// The update of the version left, if its record names it.
+    pub update: Option<UpdateKey>,
+}
+
+/// What an uninstall removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UninstallOutcome {
+    pub product: String,
+    /// The version that was current.
+    pub version: String,
+    /// Its update, if its record names it.
+    pub update: Option<UpdateKey>,
 }
 
 /// What [`Installer::recover`] found and did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovered {
-    /// `install`, `OS install`, `rollback`, `OS rollback` or `uninstall`.
-    pub operation: String,
+    pub operation: Operation,
     pub product: String,
+    /// The version the operation concerned: the one being installed or confirmed, rolled back from, or removed.
+    pub version: String,
+    /// Its update, if the journal names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateKey>,
+    /// An OS rollback after a failed boot: why the image was given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_failure: Option<String>,
     pub outcome: RecoveryOutcome,
+    /// The version in use afterwards (for the OS: the active slot's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
 }
 
+/// What [`Installer::check_os_boot`] found about the OS image waiting for confirmation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum OsBoot {
+    /// The device has not rebooted since the image was written (or its boot id is unknown).
+    RebootPending { product: String, version: String },
+    /// The new image booted and passed its check: it stands.
+    Confirmed { product: String, version: String, update: Option<UpdateKey> },
+    /// The new image was given up (`reason`); the previous slot is active again (`restored`), or there was none.
+    Failed { product: String, version: String, update: Option<UpdateKey>, restored: Option<String>, reason: String },
+}
+
+/// An OS image waiting for its boot to be confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OsPending {
+    pub product: String,
+    pub version: String,
+    pub slot: Slot,
+    /// Boots of the new image left before it is given up.
+    pub boots_left: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum RecoveryOutcome {
     /// The operation had reached the point where it stands (an install whose health check passed, a rollback, an
@@ -173,6 +287,11 @@ pub enum Event {
     Uninstalled,
     /// A driver's reload command failed after its version was restored.
     ReloadFailed,
+    /// A new OS image booted and passed its check.
+    Confirmed,
+    /// A new OS image failed after the reboot (its check, the boot counter, or the bootloader fell back); `other`
+    /// is the version made active again.
+    BootFailed,
 }
 
 /// The OS slots and which one is active.
@@ -180,6 +299,8 @@ pub enum Event {
 pub struct OsStatus {
     pub active: Option<Slot>,
     pub slots: Vec<OsSlot>,
+    /// The active image, if it waits for its boot to be confirmed.
+    pub pending: Option<OsPending>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -226,6 +347,10 @@ impl Record {
         UpdateEntry::parse(&self.custom).ok()
     }
 
+    fn update(&self) -> Option<UpdateKey> {
+        self.entry().map(|entry| UpdateKey { id: entry.id(), revision: entry.revision() })
+    }
+
     fn view(&self, current: bool) -> InstalledVersion {
         let entry = self.entry();
         InstalledVersion {
@@ -239,6 +364,40 @@ impl Record {
             revision: entry.as_ref().map_or(0, UpdateEntry::revision),
             current,
         }
+    }
+}
+
+/// `os/pending.json`: the new OS image waiting for its boot to be confirmed. Written before the switch to its slot,
+/// removed when it is confirmed, given up or rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingBoot {
+    product: String,
+    version: String,
+    slot: Slot,
+    previous: Option<Slot>,
+    update: Option<UpdateKey>,
+    /// The boot during which the image was written.
+    installed_boot: Option<String>,
+    /// The last boot counted against `boots_left`.
+    counted_boot: Option<String>,
+    boots_left: u32,
+}
+
+impl PendingBoot {
+    fn read(path: &Path) -> Result<Option<Self>, Error> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(Error::io("read", path)(error)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::CorruptState { path: path.to_owned(), reason: e.to_string() })
+    }
+
+    fn write(&self, path: &Path) -> Result<(), Error> {
+        // Invariant: strings, integers and enums always serialize.
+        fs::write_atomic(path, &serde_json::to_vec(self).expect("pending boot serializes"))
     }
 }
 
@@ -332,7 +491,8 @@ impl Installer {
             let (Some(from_record), Some(to_record)) = (self.slot_record(from)?, self.slot_record(to)?) else {
                 return Err(Error::NothingToRollBack { product: product.to_owned() });
             };
-            let journal = Journal::OsRollback { product: product.to_owned(), from, to };
+            let update = from_record.update();
+            let journal = Journal::OsRollback { product: product.to_owned(), from, to, update, boot_failure: None };
             journal.write(&self.journal_path())?;
             self.complete(&journal)?;
             Journal::clear(&self.journal_path())?;
@@ -340,6 +500,7 @@ impl Installer {
                 product: product.to_owned(),
                 from: from_record.version,
                 to: to_record.version,
+                update,
             });
         }
 
@@ -354,18 +515,19 @@ impl Installer {
             .ok_or_else(|| Error::NothingToRollBack { product: product.to_owned() })?
             .version
             .clone();
-        let journal = Journal::Rollback { product: product.to_owned(), from: current.clone(), to: to.clone() };
+        let update = records.iter().find(|r| r.version == current).and_then(Record::update);
+        let journal = Journal::Rollback { product: product.to_owned(), from: current.clone(), to: to.clone(), update };
         journal.write(&self.journal_path())?;
         let reload_failure = self.complete(&journal)?;
         Journal::clear(&self.journal_path())?;
         if let Some((program, reason)) = reload_failure {
             return Err(Error::CommandFailed { product: product.to_owned(), program, reason });
         }
-        Ok(RollbackOutcome { product: product.to_owned(), from: current, to })
+        Ok(RollbackOutcome { product: product.to_owned(), from: current, to, update })
     }
 
     /// Removes the product: its destination link, its current link, every kept version. Its history stays.
-    pub fn uninstall(&mut self, product: &ProductName) -> Result<(), Error> {
+    pub fn uninstall(&mut self, product: &ProductName) -> Result<UninstallOutcome, Error> {
         self.ensure_no_journal()?;
         let product = product.as_str();
         if self.os_product()?.as_deref() == Some(product) {
@@ -377,17 +539,18 @@ impl Installer {
         }
         let version =
             self.current_version(product)?.ok_or_else(|| Error::NotInstalled { product: product.to_owned() })?;
-        let destination = Record::read(&self.record_path(product, &version))?
-            .and_then(|record| record.entry())
-            .and_then(|entry| match entry.installer() {
-                custody_catalog::Installer::Archive { destination, .. }
-                | custody_catalog::Installer::Driver { destination, .. } => Some(destination.as_str().to_owned()),
-                _ => None,
-            });
-        let journal = Journal::Uninstall { product: product.to_owned(), version, destination };
+        let entry = Record::read(&self.record_path(product, &version))?.and_then(|record| record.entry());
+        let update = entry.as_ref().map(|entry| UpdateKey { id: entry.id(), revision: entry.revision() });
+        let destination = entry.and_then(|entry| match entry.installer() {
+            custody_catalog::Installer::Archive { destination, .. }
+            | custody_catalog::Installer::Driver { destination, .. } => Some(destination.as_str().to_owned()),
+            _ => None,
+        });
+        let journal = Journal::Uninstall { product: product.to_owned(), version: version.clone(), destination, update };
         journal.write(&self.journal_path())?;
         self.complete(&journal)?;
-        Journal::clear(&self.journal_path())
+        Journal::clear(&self.journal_path())?;
+        Ok(UninstallOutcome { product: product.to_owned(), version, update })
     }
 
     /// Finishes or undoes the operation a crash interrupted (see docs/packages.md for each phase), then removes
@@ -397,6 +560,18 @@ impl Installer {
         let recovered = match Journal::read(&self.journal_path())? {
             None => None,
             Some(journal) => {
+                // The version the operation concerns, read before finishing it removes its record.
+                let (version, boot_failure) = match &journal {
+                    Journal::Install { version, .. }
+                    | Journal::OsInstall { version, .. }
+                    | Journal::Uninstall { version, .. }
+                    | Journal::OsConfirm { version, .. } => (version.clone(), None),
+                    Journal::Rollback { from, .. } => (from.clone(), None),
+                    Journal::OsRollback { from, boot_failure, .. } => {
+                        let version = self.slot_record(*from)?.map(|r| r.version).unwrap_or_default();
+                        (version, boot_failure.clone())
+                    }
+                };
                 let outcome = match &journal {
                     Journal::Install { phase: Phase::Done, .. } | Journal::OsInstall { phase: Phase::Done, .. } => {
                         self.complete(&journal)?;
@@ -407,27 +582,142 @@ impl Installer {
                         self.append_history(product, Event::InstallInterrupted, version, restored.clone(), None)?;
                         RecoveryOutcome::Undone { restored }
                     }
-                    Journal::Rollback { .. } | Journal::OsRollback { .. } | Journal::Uninstall { .. } => {
+                    Journal::Rollback { .. }
+                    | Journal::OsRollback { .. }
+                    | Journal::Uninstall { .. }
+                    | Journal::OsConfirm { .. } => {
                         self.complete(&journal)?;
                         RecoveryOutcome::Completed
                     }
                 };
+                let current = match &journal {
+                    Journal::OsInstall { .. } | Journal::OsRollback { .. } | Journal::OsConfirm { .. } => {
+                        match self.os_active()? {
+                            Some(slot) => self.slot_record(slot)?.map(|r| r.version),
+                            None => None,
+                        }
+                    }
+                    _ => self.current_version(journal.product())?,
+                };
                 tracing::warn!(
-                    operation = journal.operation(),
+                    operation = %journal.operation(),
                     product = journal.product(),
+                    version,
                     ?outcome,
+                    ?current,
                     "recovered an interrupted operation"
                 );
                 Some(Recovered {
-                    operation: journal.operation().to_owned(),
+                    operation: journal.operation(),
                     product: journal.product().to_owned(),
+                    version,
+                    update: journal.update(),
+                    boot_failure,
                     outcome,
+                    current,
                 })
             }
         };
         self.sweep()?;
         Journal::clear(&self.journal_path())?;
         Ok(recovered)
+    }
+
+    /// Confirms or gives up the OS image waiting for its boot (call it when the agent starts, after
+    /// [`Installer::recover`]). `booted` is the slot the bootloader started, when the caller knows it (the kernel
+    /// command line).
+    ///
+    /// - Not rebooted since the image was written (same boot id): [`OsBoot::RebootPending`].
+    /// - The bootloader started the other slot: the new image did not boot; it is given up.
+    /// - Each new boot counts against [`Options::os_boot_attempts`] (durably, before the check runs, so that a
+    ///   check that hangs or crashes the machine still uses up attempts); a boot after the last attempt gives the
+    ///   image up without checking again.
+    /// - Otherwise [`Options::os_health_check`] runs, if set: it passes (or there is none) → [`OsBoot::Confirmed`];
+    ///   it fails → given up.
+    ///
+    /// Giving up is an OS rollback (journalled, completed by recovery): the previous slot becomes active again and
+    /// the failed one not bootable; [`OsBoot::Failed`] says why. `Ok(None)`: no image waits.
+    pub fn check_os_boot(&mut self, booted: Option<Slot>) -> Result<Option<OsBoot>, Error> {
+        self.ensure_no_journal()?;
+        let path = self.pending_path();
+        let Some(mut pending) = PendingBoot::read(&path)? else {
+            return Ok(None);
+        };
+        if self.os_active()? != Some(pending.slot) {
+            // Left by an operation that switched away from the image (it removes the file as its last step).
+            fs::remove_file(&path)?;
+            fs::sync_dir(&self.state.join("os"))?;
+            return Ok(None);
+        }
+        let (product, version, update) = (pending.product.clone(), pending.version.clone(), pending.update);
+        let boot = self.options.boot_id.clone();
+        if boot.is_none() || boot == pending.installed_boot {
+            return Ok(Some(OsBoot::RebootPending { product, version }));
+        }
+        if let Some(booted) = booted.filter(|&booted| booted != pending.slot) {
+            let reason = format!(
+                "the bootloader started slot {} instead of the new image's slot {}: the image did not boot",
+                booted.as_str(),
+                pending.slot.as_str()
+            );
+            return self.give_up_os(&pending, reason).map(Some);
+        }
+        if pending.counted_boot != boot {
+            if pending.boots_left == 0 {
+                let reason =
+                    format!("{} boots without confirmation: the boot counter ran out", self.options.os_boot_attempts);
+                return self.give_up_os(&pending, reason).map(Some);
+            }
+            pending.boots_left -= 1;
+            pending.counted_boot = boot;
+            pending.write(&path)?;
+        }
+        if let Some(check) = &self.options.os_health_check {
+            let log = self.state.join("command.log");
+            if let Err(reason) = command::run(check, self.options.health_check_timeout, &log) {
+                return self.give_up_os(&pending, format!("the OS health check failed: {reason}")).map(Some);
+            }
+        }
+        let journal =
+            Journal::OsConfirm { product: product.clone(), version: version.clone(), slot: pending.slot, update };
+        journal.write(&self.journal_path())?;
+        self.complete(&journal)?;
+        Journal::clear(&self.journal_path())?;
+        tracing::info!(%product, %version, slot = pending.slot.as_str(), "OS image confirmed after boot");
+        Ok(Some(OsBoot::Confirmed { product, version, update }))
+    }
+
+    /// Gives up the pending OS image: an OS rollback to the previous slot, or, with none to go back to, the image
+    /// stays active and only the failure is recorded.
+    fn give_up_os(&mut self, pending: &PendingBoot, reason: String) -> Result<OsBoot, Error> {
+        let (product, version) = (pending.product.clone(), pending.version.clone());
+        tracing::warn!(%product, %version, %reason, "giving up the new OS image");
+        let previous = match pending.previous {
+            Some(slot) => self.slot_record(slot)?.map(|record| (slot, record.version)),
+            None => None,
+        };
+        let restored = match previous {
+            Some((to, restored)) => {
+                let journal = Journal::OsRollback {
+                    product: product.clone(),
+                    from: pending.slot,
+                    to,
+                    update: pending.update,
+                    boot_failure: Some(reason.clone()),
+                };
+                journal.write(&self.journal_path())?;
+                self.complete(&journal)?;
+                Journal::clear(&self.journal_path())?;
+                Some(restored)
+            }
+            None => {
+                self.append_history(&product, Event::BootFailed, &version, None, Some(reason.clone()))?;
+                fs::remove_file(&self.pending_path())?;
+                fs::sync_dir(&self.state.join("os"))?;
+                None
+            }
+        };
+        Ok(OsBoot::Failed { product, version, update: pending.update, restored, reason })
     }
 
     /// The kept versions of a product (for the OS: what each slot holds), oldest first.
@@ -482,7 +772,10 @@ impl Installer {
             let installed = self.slot_record(slot)?.map(|record| record.view(active == Some(slot)));
             slots.push(OsSlot { slot, image: self.os_slot_image(slot), installed });
         }
-        Ok(OsStatus { active, slots })
+        let pending = PendingBoot::read(&self.pending_path())?
+            .filter(|pending| active == Some(pending.slot))
+            .map(|p| OsPending { product: p.product, version: p.version, slot: p.slot, boots_left: p.boots_left });
+        Ok(OsStatus { active, slots, pending })
     }
 
     // --- Installing a product tree (app, store-app, driver, definitions). ---
@@ -517,6 +810,7 @@ impl Installer {
             keep,
             artifact: artifact.path().to_owned(),
             phase: Phase::Staging,
+            update: Some(UpdateKey { id: entry.id(), revision: entry.revision() }),
         };
         journal.write(&self.journal_path())?;
         tracing::info!(%product, %version, ?previous, "installing");
@@ -613,6 +907,11 @@ impl Installer {
                 what: "a single-slot OS image (applied from a recovery system)".into(),
             });
         }
+        if let Some(pending) = PendingBoot::read(&self.pending_path())?
+            && self.os_active()? == Some(pending.slot)
+        {
+            return Err(Error::OsUnconfirmed { product: pending.product, version: pending.version });
+        }
         let previous = self.os_active()?;
         let previous_record = match previous {
             Some(slot) => self.slot_record(slot)?,
@@ -632,6 +931,7 @@ impl Installer {
             previous,
             artifact: artifact.path().to_owned(),
             phase: Phase::Staging,
+            update: Some(UpdateKey { id: entry.id(), revision: entry.revision() }),
         };
         journal.write(&self.journal_path())?;
         tracing::info!(%product, %version, slot = slot.as_str(), "writing OS image to the inactive slot");
@@ -643,8 +943,8 @@ impl Installer {
             Journal::clear(&self.journal_path())?;
             return Err(error);
         }
-        // Schema 1 signs no health-check command for OS images: the check is the boot of the new slot, confirmed
-        // by the agent afterwards, or undone with `rollback`.
+        // Schema 1 signs no health-check command for OS images: the check is the boot of the new slot, which
+        // `check_os_boot` confirms or gives up after the reboot (os/pending.json, written before the switch).
         let done = journal.at(Phase::Done);
         done.write(&self.journal_path())?;
         self.complete(&done)?;
@@ -661,7 +961,7 @@ impl Installer {
     /// Phases `staging` to `switched` of an OS install: invalidate the inactive slot, write the image, fsync,
     /// record it, then swap the active-slot link.
     fn write_slot(&self, artifact: &VerifiedArtifact, journal: &Journal, format: ImageFormat) -> Result<(), Error> {
-        let Journal::OsInstall { product, version, slot, .. } = journal else {
+        let Journal::OsInstall { product, version, slot, previous, update, .. } = journal else {
             return Ok(());
         };
         let os_dir = self.state.join("os");
@@ -720,6 +1020,17 @@ impl Installer {
         };
         record.write(&record_path)?;
         journal.at(Phase::Staged).write(&self.journal_path())?;
+        let pending = PendingBoot {
+            product: product.clone(),
+            version: version.clone(),
+            slot: *slot,
+            previous: *previous,
+            update: *update,
+            installed_boot: self.options.boot_id.clone(),
+            counted_boot: None,
+            boots_left: self.options.os_boot_attempts,
+        };
+        pending.write(&self.pending_path())?;
         journal.at(Phase::Switching).write(&self.journal_path())?;
         fs::swap_symlink(&self.os_active_link(), Path::new(&format!("slot-{}", slot.as_str())))?;
         journal.at(Phase::Switched).write(&self.journal_path())
@@ -774,13 +1085,19 @@ impl Installer {
                     }
                 }
                 fs::remove_file(&self.slot_record_path(*slot))?;
+                if PendingBoot::read(&self.pending_path())?.is_some_and(|pending| pending.slot == *slot) {
+                    fs::remove_file(&self.pending_path())?;
+                }
                 fs::sync_dir(&self.state.join("os"))?;
                 match previous {
                     Some(previous) => Ok(self.slot_record(*previous)?.map(|r| r.version)),
                     None => Ok(None),
                 }
             }
-            Journal::Rollback { .. } | Journal::OsRollback { .. } | Journal::Uninstall { .. } => Ok(None),
+            Journal::Rollback { .. }
+            | Journal::OsRollback { .. }
+            | Journal::Uninstall { .. }
+            | Journal::OsConfirm { .. } => Ok(None),
         }
     }
 
@@ -804,7 +1121,7 @@ impl Installer {
                 self.append_history(product, Event::Installed, version, previous, None)?;
                 Ok(None)
             }
-            Journal::Rollback { product, from, to } => {
+            Journal::Rollback { product, from, to, .. } => {
                 if self.current_version(product)?.as_deref() != Some(to.as_str()) {
                     fs::swap_symlink(&self.current_link(product), &Path::new("versions").join(to))?;
                 }
@@ -817,20 +1134,31 @@ impl Installer {
                 }
                 Ok(failure)
             }
-            Journal::OsRollback { product, from, to } => {
+            Journal::OsRollback { product, from, to, boot_failure, .. } => {
                 let from_version = self.slot_record(*from)?.map(|r| r.version).unwrap_or_default();
                 let to_version = self.slot_record(*to)?.map(|r| r.version);
                 if self.os_active()? != Some(*to) {
                     fs::swap_symlink(&self.os_active_link(), Path::new(&format!("slot-{}", to.as_str())))?;
                 }
                 fs::remove_file(&self.slot_record_path(*from))?;
+                fs::remove_file(&self.pending_path())?;
                 fs::sync_dir(&self.state.join("os"))?;
                 if !from_version.is_empty() {
-                    self.append_history(product, Event::RolledBack, &from_version, to_version, None)?;
+                    let event = if boot_failure.is_some() { Event::BootFailed } else { Event::RolledBack };
+                    self.append_history(product, event, &from_version, to_version, boot_failure.clone())?;
                 }
                 Ok(None)
             }
-            Journal::Uninstall { product, version, destination } => {
+            Journal::OsConfirm { product, version, slot, .. } => {
+                // Recorded before the file goes: a crash in between records it twice rather than never.
+                if PendingBoot::read(&self.pending_path())?.is_some_and(|pending| pending.slot == *slot) {
+                    self.append_history(product, Event::Confirmed, version, None, None)?;
+                    fs::remove_file(&self.pending_path())?;
+                    fs::sync_dir(&self.state.join("os"))?;
+                }
+                Ok(None)
+            }
+            Journal::Uninstall { product, version, destination, .. } => {
                 if let Some(destination) = destination {
                     self.unlink_destination(destination, product)?;
                 }
@@ -951,7 +1279,7 @@ impl Installer {
     fn ensure_no_journal(&self) -> Result<(), Error> {
         match Journal::read(&self.journal_path())? {
             Some(journal) => Err(Error::RecoveryNeeded {
-                operation: journal.operation().to_owned(),
+                operation: journal.operation().to_string(),
                 product: journal.product().to_owned(),
             }),
             None => Ok(()),
@@ -1073,6 +1401,10 @@ impl Installer {
 
     fn os_active_link(&self) -> PathBuf {
         self.state.join("os").join("active")
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.state.join("os").join("pending.json")
     }
 
     fn slot_record_path(&self, slot: Slot) -> PathBuf {

@@ -164,6 +164,14 @@ pub enum Error {
     #[error("{} is locked by another installer", path.display())]
     Locked { path: PathBuf },
 
+    /// The active OS image waits for its boot to be confirmed; writing another would overwrite the only known-good
+    /// slot.
+    #[error(
+        "OS image {product} {version} waits for confirmation after a reboot; reboot (or roll it back) before \
+         installing another"
+    )]
+    OsUnconfirmed { product: String, version: String },
+
     /// An interrupted operation is journalled; [`crate::Installer::recover`] must run first.
     #[error("an interrupted {operation} of {product} is journalled; run recovery first")]
     RecoveryNeeded { operation: String, product: String },

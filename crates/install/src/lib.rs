@@ -21,8 +21,8 @@ mod package;
 
 pub use artifact::{ArtifactWriter, VerifiedArtifact};
 pub use engine::{
-    Event, HistoryEvent, InstallOutcome, InstalledVersion, Installer, Options, OsSlot, OsStatus, Recovered,
-    RecoveryOutcome, RollbackOutcome, Slot,
+    Event, HistoryEvent, InstallOutcome, InstalledVersion, Installer, Operation, Options, OsBoot, OsPending, OsSlot,
+    OsStatus, Recovered, RecoveryOutcome, RollbackOutcome, Slot, UninstallOutcome, UpdateKey,
 };
 pub use error::{Error, PathProblem};
 pub use package::{

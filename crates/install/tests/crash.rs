@@ -1,8 +1,10 @@
-//! Crash safety with real processes: a child process installs a new version while the parent kills it with SIGKILL
-//! after a random delay, many times over. After `recover()` the product must be exactly the old version or exactly
-//! the new one (file trees compared), every kept version complete, and nothing left over.
+//! Crash safety with real processes: a child process installs a new version (or confirms a new OS image after a
+//! reboot) while the parent kills it with SIGKILL after a random delay, many times over. After `recover()` the
+//! product must be exactly the old version or exactly the new one (file trees compared), every kept version complete,
+//! and nothing left over; an OS image is confirmed or given up exactly as an uninterrupted check would have.
 //!
-//! The child is this test binary started again with `CRASH_CHILD` set, running only `crash_child_process`.
+//! The child is this test binary started again with `CRASH_CHILD` set, running only `crash_child_process`. Reboots
+//! are simulated by the boot id the engine is opened with.
 
 mod common;
 
@@ -12,8 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{app_tree, expected_tree, package, tree, update, verify};
+use custody_catalog::Argv;
 use custody_catalog::{ArchiveFormat, ProductName};
-use custody_install::{Installer, PackageBuilder, RecoveryOutcome};
+use custody_install::{Installer, Operation, Options, OsBoot, PackageBuilder, RecoveryOutcome, Slot};
 use rand::Rng;
 use serde_json::json;
 
@@ -49,8 +52,19 @@ fn os_update(version: &str) -> common::Update {
     update("os", "acme-os", version, installer, os_image(version))
 }
 
+/// The engine's options as after the boot `boot`, with the OS check `check` and `attempts` boots to confirm.
+fn options(boot: &str, check: Option<&[&str]>, attempts: u32) -> Options {
+    Options {
+        boot_id: Some(boot.to_owned()),
+        os_health_check: check.map(|argv| Argv::new(argv.iter().map(|a| a.to_string()).collect()).unwrap()),
+        os_boot_attempts: attempts,
+        ..Options::default()
+    }
+}
+
 /// Not a test of its own: the body of the child process that the crash tests start and kill. Without `CRASH_CHILD`
-/// it returns at once.
+/// it returns at once. It installs `version` (`"action": "install"`), or checks the OS image waiting for its boot
+/// (`"check"`), on the boot `boot`.
 #[test]
 fn crash_child_process() {
     let Ok(spec) = std::env::var(CHILD) else {
@@ -59,12 +73,22 @@ fn crash_child_process() {
     let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
     let path = |key: &str| PathBuf::from(spec[key].as_str().unwrap());
     let version = spec["version"].as_str().unwrap();
+    let check: Option<Vec<&str>> = spec["check"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap()).collect());
+    let attempts = spec["attempts"].as_u64().map_or(3, |n| n as u32);
+    let options = options(spec["boot"].as_str().unwrap(), check.as_deref(), attempts);
+    let mut installer = open_state(&path("state"), options);
+    if spec["action"] == "check" {
+        println!("crash-child-ready");
+        std::io::stdout().flush().unwrap();
+        let outcome = installer.check_os_boot(None).unwrap();
+        println!("checked: {outcome:?}");
+        return;
+    }
     let update = match spec["kind"].as_str().unwrap() {
         "app" => app_update(version, &path("destination")),
         _ => os_update(version),
     };
     let artifact = verify(&path("staging"), &update);
-    let mut installer = Installer::new(&path("state")).unwrap();
     // The test harness may have printed the test name without a newline: the marker ends the line.
     println!("crash-child-ready");
     std::io::stdout().flush().unwrap();
@@ -72,12 +96,17 @@ fn crash_child_process() {
     println!("installed");
 }
 
-/// Starts the child installing `version`, returns it once it is about to install (lock held, artifact verified).
+/// Starts the child installing `version` on the boot `boot`, returns it once it is about to install (lock held,
+/// artifact verified).
 fn start_child(kind: &str, version: &str, root: &Path) -> (Child, Instant) {
-    let spec = json!({
-        "kind": kind, "version": version,
+    spawn_child(json!({
+        "action": "install", "kind": kind, "version": version, "boot": format!("boot-{version}"),
         "state": root.join("state"), "staging": root.join("downloads"), "destination": root.join("opt/acme"),
-    });
+    }))
+}
+
+/// Starts the child with `spec`, returns it once it is ready.
+fn spawn_child(spec: serde_json::Value) -> (Child, Instant) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child_process", "--nocapture", "--test-threads=1"])
         .env(CHILD, spec.to_string())
@@ -99,7 +128,7 @@ fn start_child(kind: &str, version: &str, root: &Path) -> (Child, Instant) {
 }
 
 /// When an uninterrupted install in the child reaches `staged` (the package is extracted and durable) and when it
-/// ends, measured from "ready" by watching the journal (median of a few runs). Kill delays are drawn from both
+/// ends, measured from "ready" by watching the journal (the median, and the slowest end, of a few runs). Kill delays are drawn from both
 /// windows, so that kills land in the long extraction and in the short phases after it alike.
 struct Timing {
     staged: Duration,
@@ -117,7 +146,7 @@ impl Timing {
                 if staged_at.is_none()
                     && !matches!(
                         journal_state(&root.join("state")).as_str(),
-                        "none" | "install staging" | "OS install staging"
+                        "none" | "install staging" | "os-install staging"
                     )
                 {
                     staged_at = Some(ready.elapsed());
@@ -131,36 +160,49 @@ impl Timing {
             let finished = ready.elapsed();
             end.push(finished);
             staged.push(staged_at.unwrap_or(finished));
+            if kind == "os" {
+                confirm_os(&root.join("state"), &format!("boot-{version}-confirmed"));
+            }
         }
         staged.sort();
         end.sort();
-        Self { staged: staged[staged.len() / 2], end: end[end.len() / 2] }
+        // The slowest end: on a loaded machine a run can take several times the median.
+        Self { staged: staged[staged.len() / 2], end: end[end.len() - 1] }
     }
 
-    /// Half of the kills during extraction, half from just before `staged` to just after the end.
+    /// Half of the kills during extraction, half from just before `staged` to a quarter past the end.
     fn kill_delay(&self) -> Duration {
         let mut rng = rand::rng();
         match rng.random_bool(0.5) {
             true => self.staged.mul_f64(rng.random_range(0.0..1.0)),
             false => {
                 let from = self.staged.saturating_sub(Duration::from_millis(2));
-                let to = self.end + Duration::from_millis(2);
+                let to = self.end.mul_f64(1.25) + Duration::from_millis(2);
                 from + (to - from).mul_f64(rng.random_range(0.0..1.0))
             }
         }
     }
 }
 
-/// Opens the state after the child was killed. A health-check process the child was starting may hold a copy of the
-/// lock's descriptor for a moment (between its fork and the exec that closes it): wait for it.
-fn open_after_kill(state: &Path) -> Installer {
+/// Reboots into the OS image waiting for confirmation (boot id `boot`) and confirms it.
+fn confirm_os(state: &Path, boot: &str) {
+    let mut installer = open_state(state, options(boot, None, 3));
+    installer.recover().unwrap();
+    let confirmed = installer.check_os_boot(None).unwrap();
+    assert!(matches!(confirmed, Some(OsBoot::Confirmed { .. })), "{confirmed:?}");
+}
+
+/// Opens the state, waiting while another process holds its lock for a moment: a health-check process the killed child
+/// was starting, or any process forked at that moment by another test's thread (between its fork and exec it holds
+/// copies of this process's descriptors, the lock's included).
+fn open_state(state: &Path, options: Options) -> Installer {
     for _ in 0..1000 {
-        match Installer::new(state) {
+        match Installer::with_options(state, options.clone()) {
             Err(custody_install::Error::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
             other => return other.unwrap(),
         }
     }
-    panic!("the state stayed locked after the installer was killed");
+    panic!("the state stayed locked");
 }
 
 /// What the journal says before recovery: the operation and phase, or "none".
@@ -185,7 +227,7 @@ fn killed_app_installs_leave_the_old_or_the_new_version() {
     let expected: Vec<_> = all_versions.iter().map(|v| (v.clone(), expected_tree(&app_package(v)))).collect();
     let expected_for = |version: &str| &expected.iter().find(|(v, _)| v == version).unwrap().1;
 
-    let mut installer = Installer::new(&root.join("state")).unwrap();
+    let mut installer = open_state(&root.join("state"), Options::default());
     installer.install(verify(&root.join("downloads"), &app_update("1.0", &destination))).unwrap();
     drop(installer);
     let timing = Timing::measure("app", &["1.1", "1.2", "1.3"], root);
@@ -204,7 +246,7 @@ fn killed_app_installs_leave_the_old_or_the_new_version() {
         child.wait().unwrap();
 
         let before = journal_state(&root.join("state"));
-        let mut installer = open_after_kill(&root.join("state"));
+        let mut installer = open_state(&root.join("state"), Options::default());
         let recovered = installer.recover().unwrap();
         let current = installer.current(&acme).unwrap().expect("a version is installed").version;
         assert!(current == old || current == new, "iteration {iteration}: {current} is neither {old} nor {new}");
@@ -220,10 +262,14 @@ fn killed_app_installs_leave_the_old_or_the_new_version() {
         let state = installer.state_dir().to_owned();
         assert!(!state.join("journal.json").exists());
         assert_eq!(std::fs::read_dir(state.join("products/acme/staging")).unwrap().count(), 0);
-        if let Some(recovered) = &recovered
-            && let RecoveryOutcome::Undone { restored } = &recovered.outcome
-        {
-            assert_eq!(restored.as_deref(), Some(old.as_str()));
+        if let Some(recovered) = &recovered {
+            // What the journal recovered: the interrupted install of `new`, its update, and what is current now.
+            assert_eq!((recovered.operation, recovered.version.as_str()), (Operation::Install, new.as_str()));
+            assert_eq!(recovered.update.map(|u| u.id), Some(app_update(&new, &destination).entry.id()));
+            assert_eq!(recovered.current.as_deref(), Some(current.as_str()));
+            if let RecoveryOutcome::Undone { restored } = &recovered.outcome {
+                assert_eq!(restored.as_deref(), Some(old.as_str()));
+            }
         }
         *outcomes.entry(format!("{before} -> {}", if current == new { "new" } else { "old" })).or_default() += 1;
         if current == new {
@@ -251,10 +297,12 @@ fn killed_app_installs_leave_the_old_or_the_new_version() {
 fn killed_os_installs_leave_a_bootable_slot() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    let state = root.join("state");
     std::fs::create_dir(root.join("downloads")).unwrap();
-    let mut installer = Installer::new(&root.join("state")).unwrap();
+    let mut installer = open_state(&state, options("boot-0", None, 3));
     installer.install(verify(&root.join("downloads"), &os_update("1.0"))).unwrap();
     drop(installer);
+    confirm_os(&state, "boot-1");
     let timing = Timing::measure("os", &["1.1", "1.2", "1.3"], root);
     let mut old = "1.3".to_owned();
 
@@ -267,7 +315,7 @@ fn killed_os_installs_leave_a_bootable_slot() {
         child.kill().unwrap();
         child.wait().unwrap();
 
-        let mut installer = open_after_kill(&root.join("state"));
+        let mut installer = open_state(&state, options(&format!("boot-{new}"), None, 3));
         installer.recover().unwrap();
         let status = installer.os_status().unwrap();
         let active = status.active.expect("a slot is active");
@@ -280,7 +328,11 @@ fn killed_os_installs_leave_a_bootable_slot() {
                 assert!(std::fs::read(&other.image).unwrap() == os_image(&installed.version), "{:?}", other.slot);
             }
         }
+        let pending = status.pending.map(|p| p.version);
+        assert_eq!(pending.as_deref(), (current == new).then_some(new.as_str()), "iteration {iteration}: pending");
+        drop(installer);
         if current == new {
+            confirm_os(&state, &format!("boot-{new}-confirmed"));
             got_new += 1;
         } else {
             kept_old += 1;
@@ -288,4 +340,116 @@ fn killed_os_installs_leave_a_bootable_slot() {
         old = current;
     }
     assert!(kept_old > 0 && got_new > 0, "old {kept_old}, new {got_new}");
+}
+
+/// The version in the active slot and whether an image waits for confirmation.
+fn os_state(state: &Path, boot: &str) -> (String, Option<String>) {
+    let installer = open_state(state, options(boot, None, 3));
+    let status = installer.os_status().unwrap();
+    let active = status.active.expect("a slot is active");
+    let slot = status.slots.iter().find(|s| s.slot == active).unwrap();
+    let version = slot.installed.as_ref().expect("the active slot holds an image").version.clone();
+    assert!(std::fs::read(&slot.image).unwrap() == os_image(&version), "the active slot holds {version} complete");
+    (version, status.pending.map(|p| p.version))
+}
+
+#[test]
+fn killed_boot_checks_confirm_or_give_up_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = root.join("state");
+    std::fs::create_dir(root.join("downloads")).unwrap();
+    let mut installer = open_state(&state, options("boot-0", None, 3));
+    installer.install(verify(&root.join("downloads"), &os_update("1.0"))).unwrap();
+    drop(installer);
+    confirm_os(&state, "boot-1");
+    let check = |passes: bool| {
+        let script = if passes { "sleep 0.02" } else { "sleep 0.02; exit 1" };
+        ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()]
+    };
+    let spec = |boot: &str, passes: bool| json!({"action": "check", "version": "", "boot": boot, "state": &state, "check": check(passes)});
+    // How long an uninterrupted check takes, from "ready".
+    let mut installer = open_state(&state, options("boot-m", None, 3));
+    installer.install(verify(&root.join("downloads"), &os_update("1.1"))).unwrap();
+    drop(installer);
+    let (mut child, ready) = spawn_child(spec("boot-m2", true));
+    assert!(child.wait().unwrap().success());
+    let whole = ready.elapsed() + Duration::from_millis(5);
+    let mut old = "1.1".to_owned();
+
+    let mut outcomes = std::collections::BTreeMap::<&str, u32>::new();
+    for iteration in 0..30 {
+        let new = format!("3.{iteration}");
+        let passes = iteration % 2 == 0;
+        let mut installer = open_state(&state, options(&format!("boot-{new}"), None, 3));
+        installer.install(verify(&root.join("downloads"), &os_update(&new))).unwrap();
+        drop(installer);
+        let boot = format!("boot-{new}-rebooted");
+        let (mut child, ready) = spawn_child(spec(&boot, passes));
+        std::thread::sleep(whole.mul_f64(rand::rng().random_range(0.0..1.0)).saturating_sub(ready.elapsed()));
+        child.kill().unwrap();
+        let finished = child.wait().unwrap().success();
+
+        // The agent starts again on the same boot: recovery, then the check once more.
+        let check = check(passes);
+        let argv: Vec<&str> = check.iter().map(String::as_str).collect();
+        let mut installer = open_state(&state, options(&boot, Some(&argv), 3));
+        installer.recover().unwrap();
+        let again = installer.check_os_boot(None).unwrap();
+        let left = installer.os_status().unwrap().pending;
+        drop(installer);
+        let (current, pending) = os_state(&state, &boot);
+        assert_eq!(pending, None, "iteration {iteration}: decided ({again:?}, {left:?})");
+        let expected = if passes { &new } else { &old };
+        assert_eq!(&current, expected, "iteration {iteration}: the check {}", if passes { "passes" } else { "fails" });
+        match (&again, finished) {
+            (None, _) => *outcomes.entry("decided before the kill").or_default() += 1,
+            (Some(OsBoot::Confirmed { .. }), false) => *outcomes.entry("confirmed after the kill").or_default() += 1,
+            (Some(OsBoot::Failed { restored, .. }), false) => {
+                assert_eq!(restored.as_deref(), Some(old.as_str()));
+                *outcomes.entry("given up after the kill").or_default() += 1;
+            }
+            other => panic!("iteration {iteration}: {other:?}"),
+        }
+        old = current;
+    }
+    println!("{outcomes:?}");
+    assert!(outcomes.len() >= 2, "the kills landed before and after the decision: {outcomes:?}");
+}
+
+#[test]
+fn the_boot_counter_gives_up_an_image_whose_check_never_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = root.join("state");
+    std::fs::create_dir(root.join("downloads")).unwrap();
+    let mut installer = open_state(&state, options("boot-0", None, 2));
+    installer.install(verify(&root.join("downloads"), &os_update("1.0"))).unwrap();
+    drop(installer);
+    confirm_os(&state, "boot-1");
+    let mut installer = open_state(&state, options("boot-1", None, 2));
+    installer.install(verify(&root.join("downloads"), &os_update("2.0"))).unwrap();
+    drop(installer);
+
+    // The check takes the whole machine down (here: kills the process running it) on every boot.
+    let crash = json!(["/bin/sh", "-c", "kill -9 $PPID"]);
+    let boots_left = || {
+        let installer = open_state(&state, Options::default());
+        installer.os_status().unwrap().pending.map(|p| p.boots_left)
+    };
+    for (boot, left) in [("boot-2", 1), ("boot-3", 0), ("boot-3", 0)] {
+        let spec = json!({"action": "check", "version": "", "boot": boot, "state": &state, "check": crash,
+            "attempts": 2});
+        let (mut child, _) = spawn_child(spec);
+        assert!(!child.wait().unwrap().success(), "{boot}: the check killed it");
+        assert_eq!(boots_left(), Some(left), "{boot}: each boot counts once");
+    }
+    let mut installer = open_state(&state, options("boot-4", Some(&["/bin/sh", "-c", "kill -9 $PPID"]), 2));
+    installer.recover().unwrap();
+    let outcome = installer.check_os_boot(None).unwrap().unwrap();
+    let OsBoot::Failed { restored, reason, .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(restored.as_deref(), Some("1.0"));
+    assert!(reason.contains("2 boots without confirmation"), "{reason}");
+    let status = installer.os_status().unwrap();
+    assert_eq!((status.active, status.pending), (Some(Slot::A), None));
 }

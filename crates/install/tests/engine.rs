@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{app_tree, expected_tree, package, tree, update, verify};
 use custody_catalog::{ArchiveFormat, ProductName};
-use custody_install::{Error, Event, Installer, Options, Slot};
+use custody_install::{Error, Event, Installer, Options, OsBoot, Slot};
 use serde_json::json;
 
 fn product(name: &str) -> ProductName {
@@ -35,6 +35,35 @@ fn app(product: &str, version: &str, destination: &Path, post_install: Option<Ve
 
 fn sh(script: &str) -> Option<Vec<String>> {
     Some(vec!["/bin/sh".into(), "-c".into(), script.into()])
+}
+
+/// An `os` update of `acme-os` (`format` raw or raw-zstd).
+fn os(version: &str, format: &str, payload: Vec<u8>) -> common::Update {
+    update("os", "acme-os", version, json!({"handler": "os-image", "slot_layout": "a-b", "format": format}), payload)
+}
+
+fn image(version: &str) -> Vec<u8> {
+    format!("acme-os {version} ").repeat(50_000).into_bytes()
+}
+
+/// The engine on `state` as after a boot whose id is `boot`, with `options` otherwise. Reopening may find the lock
+/// held for a moment by a process another test's thread is starting (between its fork and exec it holds copies of
+/// this process's descriptors): wait for it.
+fn booted(state: &Path, boot: &str, options: Options) -> Installer {
+    for _ in 0..1000 {
+        match Installer::with_options(state, Options { boot_id: Some(boot.into()), ..options.clone() }) {
+            Err(Error::Locked { .. }) => std::thread::sleep(Duration::from_millis(5)),
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the state stayed locked");
+}
+
+/// The device reboots into the new image, which passes: the state reopened with boot id `boot`, confirmed.
+fn reboot_and_confirm(state: &Path, boot: &str) -> Installer {
+    let mut installer = booted(state, boot, Options::default());
+    assert!(matches!(installer.check_os_boot(None).unwrap(), Some(OsBoot::Confirmed { .. })));
+    installer
 }
 
 #[test]
@@ -173,8 +202,11 @@ fn uninstall_removes_the_product_and_its_link() {
     let destination = dir.path().join("opt/acme");
     let mut installer = Installer::new(&dir.path().join("state")).unwrap();
     installer.install(verify(&staging, &app("acme", "1.0", &destination, None))).unwrap();
-    installer.install(verify(&staging, &app("acme", "2.0", &destination, None))).unwrap();
-    installer.uninstall(&product("acme")).unwrap();
+    let second = app("acme", "2.0", &destination, None);
+    installer.install(verify(&staging, &second)).unwrap();
+    let removed = installer.uninstall(&product("acme")).unwrap();
+    assert_eq!(removed.version, "2.0");
+    assert_eq!(removed.update.map(|u| (u.id, u.revision)), Some((second.entry.id(), 1)));
     assert!(std::fs::symlink_metadata(&destination).is_err());
     assert!(versions(&installer, "acme").is_empty());
     assert!(matches!(installer.uninstall(&product("acme")), Err(Error::NotInstalled { .. })));
@@ -272,23 +304,21 @@ fn os_images_go_to_the_inactive_slot_and_switch_back() {
     let dir = tempfile::tempdir().unwrap();
     let staging = dir.path().join("downloads");
     std::fs::create_dir(&staging).unwrap();
-    let mut installer = Installer::new(&dir.path().join("state")).unwrap();
-    let image = |version: &str| -> Vec<u8> { format!("acme-os {version} ").repeat(50_000).into_bytes() };
-    let os = |version: &str, format: &str, payload: Vec<u8>| {
-        update(
-            "os",
-            "acme-os",
-            version,
-            json!({"handler": "os-image", "slot_layout": "a-b", "format": format}),
-            payload,
-        )
-    };
+    let state = dir.path().join("state");
+    let mut installer = booted(&state, "boot-1", Options::default());
 
     let outcome = installer.install(verify(&staging, &os("1.0", "raw", image("1.0")))).unwrap();
     assert_eq!(outcome.reboot, custody_catalog::Reboot::Required);
     let status = installer.os_status().unwrap();
     assert_eq!(status.active, Some(Slot::A));
+    assert_eq!(status.pending.map(|p| (p.version, p.boots_left)), Some(("1.0".into(), 3)));
     assert_eq!(std::fs::read(installer.os_slot_image(Slot::A)).unwrap(), image("1.0"));
+    let pending = installer.check_os_boot(None).unwrap();
+    assert!(matches!(pending, Some(OsBoot::RebootPending { ref version, .. }) if version == "1.0"), "{pending:?}");
+    drop(installer);
+    let mut installer = reboot_and_confirm(&state, "boot-2");
+    assert_eq!(installer.os_status().unwrap().pending, None);
+    assert_eq!(installer.check_os_boot(None).unwrap(), None, "nothing waits any more");
 
     let compressed = zstd::encode_all(image("2.0").as_slice(), 3).unwrap();
     installer.install(verify(&staging, &os("2.0", "raw-zstd", compressed))).unwrap();
@@ -297,12 +327,16 @@ fn os_images_go_to_the_inactive_slot_and_switch_back() {
     assert_eq!(std::fs::read(installer.os_slot_image(Slot::B)).unwrap(), image("2.0"));
     assert_eq!(std::fs::read(installer.os_slot_image(Slot::A)).unwrap(), image("1.0"), "the old slot is untouched");
     assert_eq!(versions(&installer, "acme-os"), ["1.0", "2.0"]);
+    // Before the reboot, another image would overwrite the only known-good slot: refused.
+    let error = installer.install(verify(&staging, &os("2.1", "raw", image("2.1")))).unwrap_err();
+    assert!(matches!(error, Error::OsUnconfirmed { ref version, .. } if version == "2.0"), "{error}");
 
-    // The new OS fails its check after boot: the agent switches back.
+    // Rolled back on request before the reboot: slot A again, and nothing waits for confirmation.
     let outcome = installer.rollback(&product("acme-os")).unwrap();
     assert_eq!((outcome.from.as_str(), outcome.to.as_str()), ("2.0", "1.0"));
     let status = installer.os_status().unwrap();
     assert_eq!(status.active, Some(Slot::A));
+    assert_eq!(status.pending, None);
     assert!(status.slots[1].installed.is_none(), "slot B no longer holds a bootable image");
     assert!(matches!(installer.rollback(&product("acme-os")), Err(Error::NothingToRollBack { .. })));
 
@@ -311,7 +345,90 @@ fn os_images_go_to_the_inactive_slot_and_switch_back() {
     assert_eq!(installer.os_status().unwrap().active, Some(Slot::B));
     assert!(matches!(installer.uninstall(&product("acme-os")), Err(Error::Unsupported { .. })));
     let events: Vec<Event> = installer.history(&product("acme-os")).unwrap().into_iter().map(|e| e.event).collect();
-    assert_eq!(events, [Event::Installed, Event::Installed, Event::RolledBack, Event::Installed]);
+    assert_eq!(events, [Event::Installed, Event::Confirmed, Event::Installed, Event::RolledBack, Event::Installed]);
+}
+
+#[test]
+fn a_new_os_failing_its_check_after_the_reboot_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("downloads");
+    std::fs::create_dir(&staging).unwrap();
+    let state = dir.path().join("state");
+    let mut installer = booted(&state, "boot-1", Options::default());
+    installer.install(verify(&staging, &os("1.0", "raw", image("1.0")))).unwrap();
+    drop(installer);
+    let mut installer = reboot_and_confirm(&state, "boot-2");
+    let second = os("2.0", "raw", image("2.0"));
+    installer.install(verify(&staging, &second)).unwrap();
+    drop(installer);
+
+    let failing = Options {
+        os_health_check: sh("echo degraded; exit 3").map(|argv| custody_catalog::Argv::new(argv).unwrap()),
+        ..Options::default()
+    };
+    let mut installer = booted(&state, "boot-3", failing);
+    let outcome = installer.check_os_boot(None).unwrap().unwrap();
+    let OsBoot::Failed { version, update, restored, reason, .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!((version.as_str(), restored.as_deref()), ("2.0", Some("1.0")));
+    assert_eq!(update.map(|u| u.id), Some(second.entry.id()));
+    assert!(reason.contains("the OS health check failed") && reason.contains("degraded"), "{reason}");
+    let status = installer.os_status().unwrap();
+    assert_eq!((status.active, status.pending), (Some(Slot::A), None));
+    assert!(status.slots[1].installed.is_none(), "the failed image is not bootable");
+    let last = installer.history(&product("acme-os")).unwrap().pop().unwrap();
+    assert_eq!((last.event, last.version.as_str(), last.other.as_deref()), (Event::BootFailed, "2.0", Some("1.0")));
+    assert!(last.detail.unwrap().contains("exit"));
+    // Installs go on: the next image goes to slot B again.
+    installer.install(verify(&staging, &os("2.1", "raw", image("2.1")))).unwrap();
+    assert_eq!(installer.os_status().unwrap().active, Some(Slot::B));
+}
+
+#[test]
+fn the_bootloader_falling_back_gives_the_new_os_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("downloads");
+    std::fs::create_dir(&staging).unwrap();
+    let state = dir.path().join("state");
+    let mut installer = booted(&state, "boot-1", Options::default());
+    installer.install(verify(&staging, &os("1.0", "raw", image("1.0")))).unwrap();
+    drop(installer);
+    let mut installer = reboot_and_confirm(&state, "boot-2");
+    installer.install(verify(&staging, &os("2.0", "raw", image("2.0")))).unwrap();
+    drop(installer);
+
+    // The device came up on slot A, not the new image's slot B.
+    let mut installer = booted(&state, "boot-3", Options::default());
+    let outcome = installer.check_os_boot(Some(Slot::A)).unwrap().unwrap();
+    let OsBoot::Failed { restored, reason, .. } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(restored.as_deref(), Some("1.0"));
+    assert!(reason.contains("started slot a instead of the new image's slot b"), "{reason}");
+    assert_eq!(installer.os_status().unwrap().active, Some(Slot::A));
+    // Booting the slot the image is in confirms it.
+    installer.install(verify(&staging, &os("3.0", "raw", image("3.0")))).unwrap();
+    drop(installer);
+    let mut installer = booted(&state, "boot-4", Options::default());
+    assert!(matches!(installer.check_os_boot(Some(Slot::B)).unwrap(), Some(OsBoot::Confirmed { .. })));
+}
+
+#[test]
+fn a_first_os_image_without_a_fallback_stays_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("downloads");
+    std::fs::create_dir(&staging).unwrap();
+    let state = dir.path().join("state");
+    let mut installer = booted(&state, "boot-1", Options::default());
+    installer.install(verify(&staging, &os("1.0", "raw", image("1.0")))).unwrap();
+    drop(installer);
+    let failing = Options {
+        os_health_check: Some(custody_catalog::Argv::new(vec!["/bin/false".into()]).unwrap()),
+        ..Options::default()
+    };
+    let mut installer = booted(&state, "boot-2", failing);
+    let outcome = installer.check_os_boot(None).unwrap().unwrap();
+    assert!(matches!(outcome, OsBoot::Failed { restored: None, .. }), "{outcome:?}");
+    let status = installer.os_status().unwrap();
+    assert_eq!((status.active, status.pending), (Some(Slot::A), None), "nothing else to boot: the image stays");
+    assert_eq!(installer.history(&product("acme-os")).unwrap().last().unwrap().event, Event::BootFailed);
 }
 
 #[test]
@@ -319,24 +436,19 @@ fn os_image_larger_than_the_slot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let staging = dir.path().join("downloads");
     std::fs::create_dir(&staging).unwrap();
+    let state = dir.path().join("state");
     let options = Options { os_slot_size: 1 << 20, ..Options::default() };
-    let mut installer = Installer::with_options(&dir.path().join("state"), options).unwrap();
-    let os = |version: &str, format: &str, payload: Vec<u8>| {
-        update(
-            "os",
-            "acme-os",
-            version,
-            json!({"handler": "os-image", "slot_layout": "a-b", "format": format}),
-            payload,
-        )
-    };
+    let mut installer = booted(&state, "boot-1", options.clone());
     installer.install(verify(&staging, &os("1.0", "raw", vec![1u8; 1000]))).unwrap();
+    drop(installer);
+    let mut installer = booted(&state, "boot-2", options);
+    assert!(matches!(installer.check_os_boot(None).unwrap(), Some(OsBoot::Confirmed { .. })));
     // 64 MiB of zeros compress to a few kilobytes: decompression stops at the slot size.
     let bomb = zstd::encode_all(std::io::Read::take(std::io::repeat(0), 64 << 20), 1).unwrap();
     let error = installer.install(verify(&staging, &os("2.0", "raw-zstd", bomb))).unwrap_err();
     assert!(matches!(error, Error::ImageTooLarge { limit: 1048576, .. }), "{error}");
     let status = installer.os_status().unwrap();
-    assert_eq!(status.active, Some(Slot::A));
+    assert_eq!((status.active, status.pending), (Some(Slot::A), None), "a failed write leaves nothing pending");
     assert!(status.slots[1].installed.is_none());
     assert_eq!(installer.history(&product("acme-os")).unwrap().last().unwrap().event, Event::InstallFailed);
 

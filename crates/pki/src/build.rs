@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use jiff::Timestamp;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, RevocationReason,
-    RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertificateSigningRequestParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -94,62 +94,92 @@ impl CertRequest<'_> {
     }
 
     fn params(&self) -> Result<CertificateParams> {
-        let names = match &self.kind {
-            CertKind::Server { names } => {
-                if names.is_empty() {
-                    return Err(Error::InvalidSan("a server certificate needs at least one DNS name or IP".into()));
-                }
-                for name in names {
-                    rustls_pki_types::ServerName::try_from(name.as_str())
-                        .map_err(|_| Error::InvalidSan(name.clone()))?;
-                }
-                names.clone()
-            }
-            _ => Vec::new(),
-        };
-        let mut params = CertificateParams::new(names).map_err(|err| Error::InvalidSan(err.to_string()))?;
-        params.not_before = to_offset(self.validity.not_before)?;
-        params.not_after = to_offset(self.validity.not_after)?;
-        if params.not_after <= params.not_before {
-            return Err(Error::Time("not_after must be later than not_before".into()));
-        }
-        params.serial_number = Some(SerialNumber::from_slice(&self.serial.0));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, ORGANIZATION);
-        dn.push(DnType::CommonName, self.common_name.as_str());
-        params.distinguished_name = dn;
-        params.key_identifier_method = KeyIdMethod::Sha256;
-        params.use_authority_key_identifier_extension = self.kind != CertKind::Root;
-        let ca_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        match &self.kind {
-            CertKind::Root => {
-                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                params.key_usages = ca_usages;
-            }
-            CertKind::Intermediate(role) => {
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = ca_usages;
-                // Verifiers enforce an intermediate's EKU on its leaves: a device CA cannot mint a server
-                // certificate the pinned verifier accepts, and a service or relay CA cannot mint device identities.
-                params.extended_key_usages = vec![if role.issues_servers() {
-                    ExtendedKeyUsagePurpose::ServerAuth
-                } else {
-                    ExtendedKeyUsagePurpose::ClientAuth
-                }];
-            }
-            CertKind::Server { .. } => {
-                params.is_ca = IsCa::ExplicitNoCa;
-                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            }
-            CertKind::Device => {
-                params.is_ca = IsCa::ExplicitNoCa;
-                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            }
-        }
-        Ok(params)
+        certificate_params(&self.kind, &self.common_name, self.serial, self.validity)
     }
+}
+
+/// Signs a device client certificate ([`CertKind::Device`], common name `common_name`: the device id) for the key of
+/// the PKCS#10 certificate signing request `csr_pem`, a key the device generated and keeps. The request's signature is
+/// checked (it proves the device holds the key); its subject and extensions are ignored, so the certificate says only
+/// what a device certificate says.
+pub fn sign_device_csr(
+    csr_pem: &str,
+    common_name: &str,
+    serial: Serial,
+    validity: Validity,
+    issuer: &CaSigner,
+) -> Result<Issued> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| Error::Csr(err.to_string()))?;
+    let params = certificate_params(&CertKind::Device, common_name, serial, validity)?;
+    let cert = params.signed_by(&csr.public_key, &issuer.issuer)?;
+    Ok(Issued {
+        pem: cert.pem(),
+        der: cert.der().clone(),
+        spki_sha256: spki_sha256(&csr.public_key.subject_public_key_info()),
+    })
+}
+
+/// The parameters of a certificate of `kind`: the kind fixes basic constraints, key usage and extended key usage.
+fn certificate_params(
+    kind: &CertKind,
+    common_name: &str,
+    serial: Serial,
+    validity: Validity,
+) -> Result<CertificateParams> {
+    let names = match kind {
+        CertKind::Server { names } => {
+            if names.is_empty() {
+                return Err(Error::InvalidSan("a server certificate needs at least one DNS name or IP".into()));
+            }
+            for name in names {
+                rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| Error::InvalidSan(name.clone()))?;
+            }
+            names.clone()
+        }
+        _ => Vec::new(),
+    };
+    let mut params = CertificateParams::new(names).map_err(|err| Error::InvalidSan(err.to_string()))?;
+    params.not_before = to_offset(validity.not_before)?;
+    params.not_after = to_offset(validity.not_after)?;
+    if params.not_after <= params.not_before {
+        return Err(Error::Time("not_after must be later than not_before".into()));
+    }
+    params.serial_number = Some(SerialNumber::from_slice(&serial.0));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    params.use_authority_key_identifier_extension = *kind != CertKind::Root;
+    let ca_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    match kind {
+        CertKind::Root => {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = ca_usages;
+        }
+        CertKind::Intermediate(role) => {
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            params.key_usages = ca_usages;
+            // Verifiers enforce an intermediate's EKU on its leaves: a device CA cannot mint a server
+            // certificate the pinned verifier accepts, and a service or relay CA cannot mint device identities.
+            params.extended_key_usages = vec![if role.issues_servers() {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+        }
+        CertKind::Server { .. } => {
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        }
+        CertKind::Device => {
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    Ok(params)
 }
 
 impl CaSigner {

@@ -120,7 +120,7 @@ impl CaDir {
         create_dir(&root_dir)?;
         write_atomic(&root_dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&root_dir.join("cert.pem"), issued.pem.as_bytes(), 0o644)?;
-        let entry = ca.record(&request, &issued.pem, ROOT, Some(ROOT), None)?;
+        let entry = ca.record(&request.kind, &request.common_name, &issued.pem, ROOT, Some(ROOT), None)?;
         ca.index.cas.insert(
             ROOT.to_owned(),
             CaRecord { role: ROOT.to_owned(), serial: entry.serial.clone(), crl_number: 0, crl_days },
@@ -182,7 +182,7 @@ impl CaDir {
         create_dir(&ca_dir)?;
         write_atomic(&ca_dir.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
         self.install_ca_cert(&ca_dir, &issued.pem)?;
-        let entry = self.record(&request, &issued.pem, ROOT, Some(&name), None)?;
+        let entry = self.record(&request.kind, &request.common_name, &issued.pem, ROOT, Some(&name), None)?;
         self.index.cas.insert(
             name.clone(),
             CaRecord { role: role.to_string(), serial: entry.serial.clone(), crl_number: 0, crl_days },
@@ -212,6 +212,30 @@ impl CaDir {
         validate_name(device_id)?;
         self.require_role(ca, false)?;
         self.issue_leaf(ca, CertKind::Device, device_id, days, now, None)
+    }
+
+    /// Issues a device client certificate from a device CA for the key of a PKCS#10 certificate signing request (the
+    /// update service's enrollment): the device keeps its key, so `issued/<serial>/` holds `cert.pem` and
+    /// `chain.pem` (certificate, then the CA's) but no `key.pem`. The certificate is in the index like any other, so
+    /// `revoke` puts it on the CA's CRL.
+    pub fn issue_device_csr(
+        &mut self,
+        ca: &str,
+        device_id: &str,
+        csr_pem: &str,
+        days: u32,
+        now: Timestamp,
+    ) -> Result<IndexEntry> {
+        validate_name(device_id)?;
+        self.require_role(ca, false)?;
+        let signer = self.signer(ca)?;
+        let serial = new_serial()?;
+        let issued = crate::build::sign_device_csr(csr_pem, device_id, serial, validity(now, days)?, &signer)?;
+        let ca_pem = read_string(&self.ca_dir(ca).join("cert.pem"))?;
+        let out = self.dir.join("issued").join(serial.to_string());
+        create_dir(&out)?;
+        write_atomic(&out.join("chain.pem"), format!("{}{}", issued.pem, ca_pem).as_bytes(), 0o644)?;
+        self.record(&CertKind::Device, device_id, &issued.pem, ca, None, None)
     }
 
     /// Issues a new certificate with the same subject, names and purpose as `serial`, and a new serial number.
@@ -347,7 +371,7 @@ impl CaDir {
         create_dir(&out)?;
         write_atomic(&out.join("key.pem"), key.serialize_pem().as_bytes(), 0o600)?;
         write_atomic(&out.join("chain.pem"), format!("{}{}", issued.pem, ca_pem).as_bytes(), 0o644)?;
-        self.record(&request, &issued.pem, ca, None, renewal_of)
+        self.record(&request.kind, &request.common_name, &issued.pem, ca, None, renewal_of)
     }
 
     fn renew_ca(&mut self, old: &IndexEntry, days: u32, now: Timestamp) -> Result<IndexEntry> {
@@ -377,7 +401,8 @@ impl CaDir {
         } else {
             self.install_ca_cert(&ca_dir, &issued.pem)?;
         }
-        let entry = self.record(&request, &issued.pem, issuer_name, Some(&name), Some(&old.serial))?;
+        let entry =
+            self.record(&request.kind, &request.common_name, &issued.pem, issuer_name, Some(&name), Some(&old.serial))?;
         if let Some(record) = self.index.cas.get_mut(&name) {
             record.serial = entry.serial.clone();
         }
@@ -395,7 +420,8 @@ impl CaDir {
     /// Adds an issued certificate to the index and to `issued/<serial>/cert.pem`, and saves the index.
     fn record(
         &mut self,
-        request: &CertRequest<'_>,
+        kind: &CertKind,
+        common_name: &str,
         pem: &str,
         issuer: &str,
         ca_name: Option<&str>,
@@ -403,11 +429,11 @@ impl CaDir {
     ) -> Result<IndexEntry> {
         let der = crate::build::pem_certificate(pem)?;
         let details = CertDetails::from_der(&der)?;
-        let path = format!("issued/{}", request.serial);
+        let path = format!("issued/{}", details.serial);
         let dir = self.dir.join(&path);
         create_dir(&dir)?;
         write_atomic(&dir.join("cert.pem"), pem.as_bytes(), 0o644)?;
-        let purpose = match &request.kind {
+        let purpose = match kind {
             CertKind::Root => ROOT.to_owned(),
             CertKind::Intermediate(role) => format!("intermediate:{role}"),
             CertKind::Server { .. } => "server".to_owned(),
@@ -416,7 +442,7 @@ impl CaDir {
         let entry = IndexEntry {
             serial: details.serial,
             subject: details.subject,
-            common_name: request.common_name.clone(),
+            common_name: common_name.to_owned(),
             purpose,
             issuer: issuer.to_owned(),
             ca_name: ca_name.map(str::to_owned),
@@ -618,6 +644,49 @@ mod tests {
         assert_eq!(reopened.entries(), ca.entries());
         assert!(reopened.find(&serial).unwrap().revoked.is_some());
         assert!(matches!(CaDir::open(tmp.path()), Err(Error::NotACaDir(_))));
+    }
+
+    #[test]
+    fn device_certificates_from_csrs_are_indexed_and_revocable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let mut ca = CaDir::init(&dir, "Test Root", ROOT_DAYS, ROOT_CRL_DAYS, now()).unwrap();
+        ca.issue_intermediate(&IntermediateRole::Device, None, None, INTERMEDIATE_DAYS, INTERMEDIATE_CRL_DAYS, now())
+            .unwrap();
+        ca.issue_intermediate(&IntermediateRole::Service, None, None, INTERMEDIATE_DAYS, INTERMEDIATE_CRL_DAYS, now())
+            .unwrap();
+        let key = crate::generate_key().unwrap();
+        let mut request = rcgen::CertificateParams::new(vec!["ignored.example".to_owned()]).unwrap();
+        request.distinguished_name.push(rcgen::DnType::CommonName, "someone else");
+        let csr = request.serialize_request(&key).unwrap().pem().unwrap();
+        let device = "4c1e0d4e-8d7b-4d8f-9a0b-2f6c1e3d5a7b";
+
+        let entry = ca.issue_device_csr("device", device, &csr, DEVICE_DAYS, now()).unwrap();
+        assert_eq!(
+            (entry.purpose.as_str(), entry.issuer.as_str(), entry.common_name.as_str()),
+            ("device", "device", device)
+        );
+        assert!(entry.sans.is_empty(), "names in the request are ignored");
+        assert_eq!(
+            entry.spki_sha256,
+            hex::encode(crate::spki_sha256(&rcgen::PublicKeyData::subject_public_key_info(&key)))
+        );
+        let files = ca.entry_dir(&entry);
+        assert!(!files.join("key.pem").exists(), "the device keeps its key");
+        let chain = CertDetails::from_pem_chain(&std::fs::read(files.join("chain.pem")).unwrap()).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0].extended_key_usage, ["client-auth"]);
+        assert!(chain[0].subject.contains(device), "{}", chain[0].subject);
+        assert_eq!(CaDir::open(&dir).unwrap().find(&entry.serial.parse().unwrap()).unwrap(), &entry);
+
+        let tampered = csr.replace(&csr[40..44], "AAAA");
+        assert!(matches!(ca.issue_device_csr("device", device, &tampered, 1, now()), Err(Error::Csr(_))));
+        assert!(matches!(ca.issue_device_csr("service", device, &csr, 1, now()), Err(Error::WrongCa { .. })));
+        assert!(matches!(ca.issue_device_csr("device", "../x", &csr, 1, now()), Err(Error::InvalidName(_))));
+
+        ca.revoke(&entry.serial.parse().unwrap(), "key-compromise", now()).unwrap();
+        let crl = CrlDetails::from_pem(&std::fs::read_to_string(dir.join("ca/device/crl.pem")).unwrap()).unwrap();
+        assert_eq!(crl.revoked, std::slice::from_ref(&entry.serial));
     }
 
     #[test]

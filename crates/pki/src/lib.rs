@@ -15,7 +15,7 @@ pub mod layout;
 use std::fmt;
 use std::str::FromStr;
 
-pub use build::{CaSigner, CertKind, CertRequest, Issued, RevokedEntry, Serial, Validity};
+pub use build::{CaSigner, CertKind, CertRequest, Issued, RevokedEntry, Serial, Validity, sign_device_csr};
 pub use inspect::{CertDetails, CrlDetails};
 pub use layout::{CaDir, IndexEntry, Revocation};
 pub use rcgen::{KeyPair, RevocationReason};
@@ -42,6 +42,8 @@ pub enum Error {
     InvalidRole(String),
     #[error("invalid name {0:?}: use letters, digits, `-` and `_` only")]
     InvalidName(String),
+    #[error("the certificate signing request cannot be parsed or its signature is wrong ({0})")]
+    Csr(String),
     #[error("invalid subject alternative name {0:?}")]
     InvalidSan(String),
     #[error("{0} already exists")]

@@ -1,5 +1,5 @@
-//! The admin API (`/admin/v1`): updates, compliance, devices, tokens, content upload and publishing (docs/api.md,
-//! "Admin API"). Every handler starts by checking the bearer token for the scope it needs.
+//! The admin API (`/admin/v1`): updates, compliance, devices (and their revocation), tokens, content upload and
+//! publishing (docs/api.md, "Admin API"). Every handler starts by checking the bearer token for the scope it needs.
 
 use std::collections::BTreeMap;
 
@@ -10,15 +10,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use custody_api::admin::{
     ComplianceCounts, ComplianceReport, ComplianceState, CreateEnrollmentToken, CreateToken, CreatedEnrollmentToken,
-    CreatedToken, DeviceCompliance, DeviceDetail, DeviceList, DeviceSummary, EnrollmentTokenList, IdentityKind,
-    PublishRequest, PublishResponse, Scope, ServiceStatus, StagedList, StoredEvent, TokenInfo, TokenList,
-    UpdateCompliance, UpdateComplianceDetail, UpdateDetail, UpdateList,
+    CreatedToken, DeliveryReport, DeviceCompliance, DeviceDetail, DeviceList, DeviceRevoked, DeviceSummary,
+    EnrollmentTokenList, GroupDelivery, IdentityKind, PublishRequest, PublishResponse, RevokeDevice,
+    RevokedCertificate, Scope, ServiceStatus, StagedList, StoredEvent, TokenInfo, TokenList, UpdateCompliance,
+    UpdateComplianceDetail, UpdateDetail, UpdateList,
 };
-use custody_api::device::{Event, EventType, Inventory, ScanResult, UpdateRef};
+use custody_api::device::Inventory;
 use custody_api::limits::{MAX_ADMIN_BODY_BYTES, MAX_PAGE, MAX_PUBLISH_BYTES};
 use custody_api::{ErrorCode, FieldError};
 use custody_catalog::UpdateId;
-use custody_store::{AdminToken, ComplianceQuery, DeviceId, DeviceQuery, EventKind, TokenId};
+use custody_store::{AdminToken, ComplianceQuery, DeviceId, DeviceQuery, TokenId};
 use futures_util::TryStreamExt;
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -171,9 +172,71 @@ pub async fn device(
         inventory: stored.map(|s| api_inventory(&s.inventory)),
         events: history
             .iter()
-            .filter_map(|e| Some(StoredEvent { event: api_event(&e.event)?, received_at: e.received_at }))
+            .filter_map(|e| Some(StoredEvent { event: crate::events::to_api(&e.event)?, received_at: e.received_at }))
             .collect(),
     }))
+}
+
+/// `POST /admin/v1/devices/<id>/revoke`: the store marks the device revoked (the device API refuses it at once, and
+/// it is nobody's peer), then its certificate is revoked in the CA directory and the device CRL re-signed (the HTTPS
+/// listener reloads it and refuses the certificate at the handshake; devices fetch it from `/pki/device-crl.pem`).
+/// Repeating it changes nothing, so a revocation that failed half-way is completed by retrying it.
+pub async fn revoke_device(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<DeviceRevoked>, ApiError> {
+    let actor = authorize(&app, &headers, Scope::Write).await?;
+    let id: DeviceId = id.parse().map_err(|e| ApiError::not_found(format!("{e}")))?;
+    let request: RevokeDevice = read_json(&headers, body, MAX_ADMIN_BODY_BYTES).await?;
+    request.validate()?;
+    let reason = request.reason.unwrap_or_else(|| "unspecified".to_owned());
+    let now = Timestamp::now();
+    let device = app.store.revoke_device(&id, now).await.map_err(|err| match err {
+        custody_store::Error::UnknownDevice(_) => ApiError::not_found(format!("no device {id}")),
+        other => store_error(other),
+    })?;
+    let certificate = match &device.identity {
+        custody_store::Identity::Certificate { serial, .. } => {
+            let (data, serial, reason) = (app.data.clone(), serial.to_string(), reason.clone());
+            let revocation = tokio::task::spawn_blocking(move || {
+                crate::pki::revoke_device_certificate(&data, &serial, &reason, now).map(|done| (serial, done))
+            })
+            .await
+            .map_err(|err| ApiError::internal(format!("worker: {err}")))?
+            .map_err(|err| ApiError::internal(format!("revoking the device certificate: {err}; retry")))?;
+            let (serial, done) = revocation;
+            if done == crate::pki::CertificateRevocation::NotIndexed {
+                tracing::warn!(device = %id, %serial, "the device's certificate is not in the CA index; not on the CRL");
+            }
+            Some(RevokedCertificate { serial, on_crl: done == crate::pki::CertificateRevocation::OnCrl })
+        }
+        custody_store::Identity::Token { .. } => None,
+    };
+    metrics::counter!("custody_device_revocations_total").increment(1);
+    tracing::info!(by = %actor.name, device = %id, reason, "device revoked");
+    Ok(Json(DeviceRevoked { device: device_summary(&device), certificate }))
+}
+
+/// `GET /admin/v1/delivery`: download statistics per device group.
+pub async fn delivery(State(app): State<App>, headers: HeaderMap) -> Result<Json<DeliveryReport>, ApiError> {
+    authorize(&app, &headers, Scope::Read).await?;
+    let groups = app.store.delivery_by_group().await.map_err(store_error)?;
+    let groups = groups
+        .iter()
+        .map(|group| {
+            let bytes = crate::events::delivery_stats(&group.bytes);
+            GroupDelivery {
+                group: group.group.as_ref().map(ToString::to_string),
+                devices: group.devices,
+                downloads: group.downloads,
+                percent_peer_caching: bytes.percent_peer_caching(),
+                bytes,
+            }
+        })
+        .collect();
+    Ok(Json(DeliveryReport { groups }))
 }
 
 /// `GET /admin/v1/tokens`.
@@ -221,7 +284,7 @@ pub async fn enrollment_tokens(
     headers: HeaderMap,
 ) -> Result<Json<EnrollmentTokenList>, ApiError> {
     authorize(&app, &headers, Scope::Read).await?;
-    Ok(Json(EnrollmentTokenList { enrollment_tokens: app.enrollment.list().await? }))
+    Ok(Json(EnrollmentTokenList { enrollment_tokens: app.enrollment.list(&app.store).await? }))
 }
 
 /// `POST /admin/v1/enrollment-tokens`.
@@ -233,7 +296,7 @@ pub async fn create_enrollment_token(
     authorize(&app, &headers, Scope::Write).await?;
     let request: CreateEnrollmentToken = read_json(&headers, body, MAX_ADMIN_BODY_BYTES).await?;
     request.validate()?;
-    let (token, info) = app.enrollment.create(&request, Timestamp::now()).await?;
+    let (token, info) = app.enrollment.create(&app.store, &request, Timestamp::now()).await?;
     Ok((StatusCode::CREATED, Json(CreatedEnrollmentToken { token, info })))
 }
 
@@ -244,7 +307,7 @@ pub async fn revoke_enrollment_token(
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&app, &headers, Scope::Write).await?;
-    app.enrollment.revoke(id).await?;
+    app.enrollment.revoke(&app.store, id, Timestamp::now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -439,6 +502,7 @@ fn device_summary(device: &custody_store::Device) -> DeviceSummary {
         labels: device.labels.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
         enrolled_at: device.enrolled_at,
         last_seen: device.last_seen,
+        revoked_at: device.revoked_at,
     }
 }
 
@@ -452,37 +516,6 @@ fn api_inventory(inventory: &custody_store::Inventory) -> Inventory {
         hardware_ids: inventory.hardware_ids.iter().map(ToString::to_string).collect(),
         installed_updates: inventory.installed_updates.iter().copied().collect(),
     }
-}
-
-/// The API form of a stored event; `None` for a kind this build does not know (custody-store's kinds may grow).
-fn api_event(event: &custody_store::Event) -> Option<Event> {
-    let (kind, result, code) = match event.kind {
-        EventKind::ScanFinished { result } => (
-            EventType::ScanFinished,
-            Some(match result {
-                custody_store::ScanResult::Needed => ScanResult::Needed,
-                custody_store::ScanResult::Installed => ScanResult::Installed,
-                custody_store::ScanResult::NotApplicable => ScanResult::NotApplicable,
-            }),
-            None,
-        ),
-        EventKind::DownloadStarted => (EventType::DownloadStarted, None, None),
-        EventKind::DownloadSucceeded => (EventType::DownloadSucceeded, None, None),
-        EventKind::DownloadFailed { code } => (EventType::DownloadFailed, None, Some(code)),
-        EventKind::InstallSucceeded => (EventType::InstallSucceeded, None, None),
-        EventKind::InstallFailed { code } => (EventType::InstallFailed, None, Some(code)),
-        EventKind::RebootPending => (EventType::RebootPending, None, None),
-        _ => return None,
-    };
-    Some(Event {
-        id: *event.id.as_uuid(),
-        time: event.at,
-        kind,
-        update: UpdateRef { id: event.update, revision: event.revision },
-        result,
-        code,
-        detail: event.detail.clone(),
-    })
 }
 
 fn token_info(token: &AdminToken) -> TokenInfo {

@@ -5,13 +5,11 @@ use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use custody_api::device::{
-    DeviceIdentity, EnrollRequest, EnrollResponse, EventBatch, EventBatchResponse, EventType, Inventory, ScanResult,
+    DeviceIdentity, EnrollRequest, EnrollResponse, EventBatch, EventBatchResponse, EventType, Inventory,
 };
 use custody_api::limits::{MAX_CLOCK_SKEW_SECONDS, MAX_ENROLL_BYTES, MAX_EVENT_BATCH_BYTES, MAX_INVENTORY_BYTES};
 use custody_api::{ErrorCode, FieldError};
-use custody_store::{
-    Device, DeviceId, Enrollment, EventId, EventKind, Identity, IdentityKey, Labels, NewDevice, Sha256,
-};
+use custody_store::{Device, DeviceId, EnrollmentId, Identity, IdentityKey, Labels, NewDevice, Sha256};
 use custody_tls::ClientIdentity;
 use jiff::Timestamp;
 
@@ -20,19 +18,31 @@ use crate::config::IdentityMode;
 use crate::error::ApiError;
 use crate::request::{bearer, read_json};
 
-/// `POST /device/v1/enroll`.
+/// `POST /device/v1/enroll`: checks the enrollment token (custody-store), issues the device its identity (a
+/// certificate from the device intermediate, recorded in the CA index, or a device token), then enrolls it with the
+/// token in one store transaction. A retry of an enrollment that went through gets the same device with the new
+/// identity; the certificate it replaces is revoked (superseded). If enrolling fails after a certificate was issued,
+/// that certificate is revoked, so that no valid certificate belongs to no device.
 pub async fn enroll(State(app): State<App>, headers: HeaderMap, body: Body) -> Result<Json<EnrollResponse>, ApiError> {
     let presented = bearer(&headers)
         .ok_or_else(|| ApiError::unauthorized("enrollment needs Authorization: Bearer <enrollment token>"))?
         .to_owned();
     let request: EnrollRequest = read_json(&headers, body, MAX_ENROLL_BYTES).await?;
     request.validate()?;
+    app.enrollment.import_legacy(&app.store).await?;
     let now = Timestamp::now();
-    let redeemed = app.enrollment.redeem(&presented, request.enrollment_id, now).await?;
-    let device_id = match redeemed.previous_device {
-        Some(previous) => DeviceId::new(previous).map_err(store_error)?,
-        None => DeviceId::random(),
-    };
+    let attempt = EnrollmentId::new(request.enrollment_id).map_err(store_error)?;
+    let redemption = app.store.redeem_enrollment_token(&presented, &attempt, now).await.map_err(store_error)?;
+    if let Some(previous) = &redemption.previous_device
+        && previous.revoked_at.is_some()
+    {
+        return Err(ApiError::forbidden(format!(
+            "device {} of this enrollment was revoked; enroll with a new enrollment id and token",
+            previous.id
+        )));
+    }
+    let device_id = redemption.previous_device.as_ref().map_or_else(DeviceId::random, |previous| previous.id);
+    let name = request.hostname.parse().map_err(|e| FieldError::new("hostname", store_reason(e)))?;
     let (identity, answer) = match &request.csr {
         Some(csr) => {
             let (data, csr, id) = (app.data.clone(), csr.clone(), device_id.to_string());
@@ -65,33 +75,45 @@ pub async fn enroll(State(app): State<App>, headers: HeaderMap, body: Body) -> R
         Identity::Certificate { .. } => "certificate",
         Identity::Token { .. } => "token",
     };
-    let replaced = match redeemed.previous_device {
-        Some(_) => match app.store.replace_identity(&device_id, &identity).await {
-            Ok(device) => Some(device),
-            Err(custody_store::Error::UnknownDevice(_)) => None,
-            Err(err) => return Err(store_error(err)),
-        },
-        None => None,
-    };
-    let device = match replaced {
-        Some(device) => device,
-        None => {
-            let new = NewDevice {
-                id: device_id,
-                name: request.hostname.parse().map_err(|e| FieldError::new("hostname", store_reason(e)))?,
-                identity,
-                group: redeemed.group.as_deref().map(str::parse).transpose().map_err(store_error)?,
-                labels: Labels::default(),
-            };
-            match app.store.enroll(&new, now).await.map_err(store_error)? {
-                Enrollment::New(device) | Enrollment::Existing(device) => device,
+    let new = NewDevice { id: device_id, name, identity: identity.clone(), group: None, labels: Labels::default() };
+    let enrolled = app.store.enroll_with_token(&redemption.token.id, &attempt, &new, now).await;
+    let device = match enrolled {
+        Ok(enrollment) => enrollment.into_device(),
+        Err(err) => {
+            if let Identity::Certificate { serial, .. } = &identity {
+                revoke_certificate(&app, serial.as_str(), "cessation-of-operation").await;
             }
+            return Err(store_error(err));
         }
     };
-    redeemed.finish(*device.id.as_uuid(), now)?;
+    if let Some(previous) = &redemption.previous_device
+        && let Identity::Certificate { serial, .. } = &previous.identity
+        && previous.identity != device.identity
+    {
+        revoke_certificate(&app, serial.as_str(), "superseded").await;
+    }
     metrics::counter!("custody_enrollments_total", "identity" => kind).increment(1);
     tracing::info!(device = %device.id, identity = kind, "device enrolled");
     Ok(Json(EnrollResponse { device_id: *device.id.as_uuid(), identity: answer }))
+}
+
+/// Revokes a certificate the service issued; a failure is logged (the certificate stays valid but belongs to no
+/// device, so the service refuses it anyway).
+async fn revoke_certificate(app: &App, serial: &str, reason: &'static str) {
+    let (data, serial) = (app.data.clone(), serial.to_owned());
+    let now = Timestamp::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let done = crate::pki::revoke_device_certificate(&data, &serial, reason, now);
+        (serial, done)
+    })
+    .await;
+    match result {
+        Ok((serial, Ok(_))) => tracing::info!(%serial, reason, "unused device certificate revoked"),
+        Ok((serial, Err(err))) => {
+            tracing::error!(%serial, error = %err, "revoking an unused device certificate failed")
+        }
+        Err(err) => tracing::error!(error = %err, "revoking an unused device certificate failed"),
+    }
 }
 
 /// `PUT /device/v1/inventory`.
@@ -132,31 +154,7 @@ pub async fn events(
             )
             .into());
         }
-        let kind = match (event.kind, event.result, event.code) {
-            (EventType::ScanFinished, Some(result), _) => EventKind::ScanFinished {
-                result: match result {
-                    ScanResult::Needed => custody_store::ScanResult::Needed,
-                    ScanResult::Installed => custody_store::ScanResult::Installed,
-                    ScanResult::NotApplicable => custody_store::ScanResult::NotApplicable,
-                },
-            },
-            (EventType::DownloadStarted, ..) => EventKind::DownloadStarted,
-            (EventType::DownloadSucceeded, ..) => EventKind::DownloadSucceeded,
-            (EventType::DownloadFailed, _, Some(code)) => EventKind::DownloadFailed { code },
-            (EventType::InstallSucceeded, ..) => EventKind::InstallSucceeded,
-            (EventType::InstallFailed, _, Some(code)) => EventKind::InstallFailed { code },
-            (EventType::RebootPending, ..) => EventKind::RebootPending,
-            // Invariant: `batch.validate()` requires `result` and `code` exactly where they are matched above.
-            _ => return Err(ApiError::internal(format!("events[{index}] passed validation incomplete"))),
-        };
-        events.push(custody_store::Event {
-            id: EventId::new(event.id).map_err(store_error)?,
-            kind,
-            update: event.update.id,
-            revision: event.update.revision,
-            at: event.time,
-            detail: event.detail.clone(),
-        });
+        events.push(crate::events::to_store(event, &format!("events[{index}]"))?);
     }
     let summary = app.store.record_events(&device.id, &events, now).await.map_err(store_error)?;
     for event in &batch.events {
@@ -171,26 +169,38 @@ pub async fn events(
     }))
 }
 
-/// The device a request comes from: by its verified client certificate, else (where allowed) its device token.
-async fn authenticate(app: &App, client: Option<&ClientIdentity>, headers: &HeaderMap) -> Result<Device, ApiError> {
-    if let Some(certificate) = client.and_then(|c| c.chain.first()) {
+/// The device a request comes from: by its verified client certificate, else (where allowed) its device token. A
+/// revoked device is refused (`403`), whatever it authenticates with.
+pub(crate) async fn authenticate(
+    app: &App,
+    client: Option<&ClientIdentity>,
+    headers: &HeaderMap,
+) -> Result<Device, ApiError> {
+    let device = if let Some(certificate) = client.and_then(|c| c.chain.first()) {
         let key = IdentityKey::Certificate(Sha256::of(certificate.as_ref()));
-        return app.store.device_by_identity(&key).await.map_err(store_error)?.ok_or_else(|| {
+        app.store.device_by_identity(&key).await.map_err(store_error)?.ok_or_else(|| {
             ApiError::forbidden("this client certificate is not (or no longer) the identity of an enrolled device")
-        });
-    }
-    if app.config.devices.identity == IdentityMode::CertificateOrToken
+        })?
+    } else if app.config.devices.identity == IdentityMode::CertificateOrToken
         && let Some(token) = bearer(headers)
     {
         let key = IdentityKey::token(token.as_bytes());
-        return app
-            .store
+        app.store
             .device_by_identity(&key)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| ApiError::unauthorized("unknown or replaced device token; enroll again"));
+            .ok_or_else(|| ApiError::unauthorized("unknown or replaced device token; enroll again"))?
+    } else {
+        return Err(ApiError::forbidden("device routes need the device's client certificate"));
+    };
+    if let Some(revoked_at) = device.revoked_at {
+        return Err(ApiError::forbidden(format!(
+            "device {} was revoked at {revoked_at}: it may not use the device API; enroll it again with a new \
+             enrollment token",
+            device.id
+        )));
     }
-    Err(ApiError::forbidden("device routes need the device's client certificate"))
+    Ok(device)
 }
 
 /// A device token: `custody_device_` and 32 random bytes, base64url.
@@ -208,8 +218,10 @@ pub fn store_error(err: custody_store::Error) -> ApiError {
         E::Invalid { .. } => ApiError::new(ErrorCode::InvalidField, err.to_string()),
         E::UnknownDevice(_) | E::UnknownToken(_) => ApiError::not_found(err.to_string()),
         E::DeviceIdTaken(_) | E::IdentityTaken(_) | E::EventConflict { .. } => ApiError::conflict(err.to_string()),
-        E::TokenInvalid | E::TokenRevoked { .. } => ApiError::unauthorized(err.to_string()),
-        E::TokenScope { .. } => ApiError::forbidden(err.to_string()),
+        E::UnknownEnrollmentToken(_) => ApiError::not_found(err.to_string()),
+        E::EnrollmentInProgress(_) => ApiError::conflict(err.to_string()),
+        E::TokenInvalid | E::TokenRevoked { .. } | E::EnrollmentTokenRefused => ApiError::unauthorized(err.to_string()),
+        E::TokenScope { .. } | E::DeviceRevoked(_) => ApiError::forbidden(err.to_string()),
         other => ApiError::internal(format!("database: {}", error_chain(&other))),
     }
 }

@@ -1,48 +1,51 @@
-//! Enrollment tokens: created by an admin, presented by a device once to enroll.
+//! Enrollment tokens: created by an admin, presented by a device once to enroll. They live in custody-store, so
+//! every service node sharing a database shares them, with the enrollments that make a retried enrollment idempotent
+//! (docs/store.md, "Enrollment tokens"). Only the SHA-256 of a token's secret is kept.
 //!
-//! custody-store has no table for them yet, so they live in one JSON file in the data directory
-//! (`enrollment.json`, mode 0600, written atomically), with the recent enrollments that make a retried enrollment
-//! idempotent. Only the SHA-256 of a token's secret is kept. Everything goes through one lock: enrollments are rare.
+//! Earlier versions of the service kept them in `DATA/enrollment.json`. [`EnrollmentTokens::import_legacy`] moves
+//! that file's tokens and remembered enrollments into the store once, then renames the file to
+//! `enrollment.json.imported`; every operation here runs it first, so the file's tokens are never ignored. Those
+//! tokens keep working: the file held the SHA-256 of the secret's text, which the store checks for them.
 //!
 //! A token is `custody_enroll_<id: 32 hex>_<secret: 43 base64url>`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use custody_api::admin::{CreateEnrollmentToken, EnrollmentTokenInfo};
+use custody_store::{
+    EnrollmentId, EnrollmentImport, EnrollmentToken, EnrollmentTokenId, ImportedEnrollment, ImportedEnrollmentToken,
+    NewEnrollmentToken, Store,
+};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::device_api::{error_chain, store_error};
 use crate::error::ApiError;
 
-const PREFIX: &str = "custody_enroll_";
-/// Enrollments are remembered this long, for retries.
-const REMEMBER: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
-
-/// The enrollment tokens of one data directory.
+/// The enrollment tokens of the service, and the file earlier versions kept them in.
 pub struct EnrollmentTokens {
-    path: PathBuf,
-    lock: tokio::sync::Mutex<()>,
+    legacy: PathBuf,
+    imported: tokio::sync::OnceCell<()>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct File {
-    tokens: Vec<StoredToken>,
+/// `enrollment.json` as earlier versions wrote it.
+#[derive(Debug, Deserialize)]
+struct LegacyFile {
+    tokens: Vec<LegacyToken>,
     /// Enrollment id → the device it enrolled.
     #[serde(default)]
-    enrollments: BTreeMap<Uuid, Remembered>,
+    enrollments: BTreeMap<Uuid, LegacyEnrollment>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct StoredToken {
+#[derive(Debug, Deserialize)]
+struct LegacyToken {
     id: Uuid,
     name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     group: Option<String>,
-    /// Hex SHA-256 of the secret part.
+    /// Hex SHA-256 of the secret's text.
     hash: String,
     uses: u32,
     uses_left: u32,
@@ -50,182 +53,227 @@ struct StoredToken {
     expires_at: Timestamp,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Remembered {
+#[derive(Debug, Deserialize)]
+struct LegacyEnrollment {
     device: Uuid,
     token: Uuid,
     at: Timestamp,
 }
 
-/// A valid token presented for an enrollment, held until the enrollment is finished or abandoned.
-pub struct Redeemed<'a> {
-    tokens: &'a EnrollmentTokens,
-    _guard: tokio::sync::MutexGuard<'a, ()>,
-    file: File,
-    token: Uuid,
-    enrollment_id: Uuid,
-    /// The group of the token.
-    pub group: Option<String>,
-    /// The device of an earlier enrollment with the same id (a retry).
-    pub previous_device: Option<Uuid>,
-}
-
 impl EnrollmentTokens {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, lock: tokio::sync::Mutex::new(()) }
+    /// `legacy`: where earlier versions kept the tokens (`DATA/enrollment.json`).
+    pub fn new(legacy: PathBuf) -> Self {
+        Self { legacy, imported: tokio::sync::OnceCell::new() }
     }
 
-    fn load(&self) -> Result<File, ApiError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|err| ApiError::internal(format!("{}: {err}", self.path.display()))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(File::default()),
-            Err(err) => Err(ApiError::internal(format!("{}: {err}", self.path.display()))),
-        }
-    }
-
-    fn save(&self, file: &File) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec_pretty(file).map_err(|err| ApiError::internal(err.to_string()))?;
-        crate::datadir::write_file(&self.path, &bytes, 0o600).map_err(|err| ApiError::internal(err.to_string()))
+    /// Imports `enrollment.json` into the store if it exists, then renames it to `enrollment.json.imported`; does
+    /// nothing the second time. Tokens already in the store are left as they are, so an import interrupted before
+    /// the rename is safely repeated at the next start.
+    pub async fn import_legacy(&self, store: &Store) -> Result<(), ApiError> {
+        self.imported
+            .get_or_try_init(|| async {
+                let Some(file) = self.read_legacy()? else { return Ok(()) };
+                let (tokens, enrollments) = file.convert().map_err(|problem| self.legacy_error(problem))?;
+                let summary: EnrollmentImport = store
+                    .import_enrollment_tokens(&tokens, &enrollments)
+                    .await
+                    .map_err(|err| self.legacy_error(error_chain(&err)))?;
+                let imported = self.legacy.with_extension("json.imported");
+                rename_durably(&self.legacy, &imported).map_err(|err| self.legacy_error(err.to_string()))?;
+                tracing::info!(
+                    file = %self.legacy.display(),
+                    tokens = summary.tokens,
+                    enrollments = summary.enrollments,
+                    renamed = %imported.display(),
+                    "imported the enrollment tokens of an earlier version into the store"
+                );
+                Ok(())
+            })
+            .await
+            .copied()
     }
 
     pub async fn create(
         &self,
+        store: &Store,
         request: &CreateEnrollmentToken,
         now: Timestamp,
     ) -> Result<(String, EnrollmentTokenInfo), ApiError> {
-        let _guard = self.lock.lock().await;
-        let mut file = self.load()?;
-        let id = Uuid::new_v4();
-        let mut secret = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut secret).map_err(|_| ApiError::internal("the random number generator failed"))?;
-        let secret = URL_SAFE_NO_PAD.encode(secret);
+        self.import_legacy(store).await?;
         let hours = request.expires_in_hours.unwrap_or(CreateEnrollmentToken::DEFAULT_HOURS);
-        let stored = StoredToken {
-            id,
+        let new = NewEnrollmentToken {
             name: request.name.clone(),
-            group: request.group.clone(),
-            hash: sha256_hex(&secret),
+            group: request.group.as_deref().map(str::parse).transpose().map_err(store_error)?,
             uses: request.uses,
-            uses_left: request.uses,
-            created_at: now,
             expires_at: now + jiff::SignedDuration::from_hours(i64::from(hours)),
         };
-        let info = stored.info();
-        file.tokens.push(stored);
-        self.save(&file)?;
-        tracing::info!(token = %id, name = %request.name, uses = request.uses, "enrollment token created");
-        Ok((format!("{PREFIX}{}_{secret}", id.simple()), info))
+        let created = store.create_enrollment_token(&new, now).await.map_err(store_error)?;
+        Ok((created.secret.expose().to_owned(), info(&created.token)))
     }
 
-    pub async fn list(&self) -> Result<Vec<EnrollmentTokenInfo>, ApiError> {
-        let _guard = self.lock.lock().await;
-        Ok(self.load()?.tokens.iter().map(StoredToken::info).collect())
+    /// The tokens not revoked, oldest first (expired and used-up ones included).
+    pub async fn list(&self, store: &Store) -> Result<Vec<EnrollmentTokenInfo>, ApiError> {
+        self.import_legacy(store).await?;
+        let tokens = store.enrollment_tokens().await.map_err(store_error)?;
+        Ok(tokens.iter().filter(|token| token.revoked_at.is_none()).map(info).collect())
     }
 
-    pub async fn revoke(&self, id: Uuid) -> Result<(), ApiError> {
-        let _guard = self.lock.lock().await;
-        let mut file = self.load()?;
-        let before = file.tokens.len();
-        file.tokens.retain(|t| t.id != id);
-        if file.tokens.len() == before {
-            return Err(ApiError::not_found(format!("no enrollment token {id}")));
-        }
-        self.save(&file)
+    /// Revokes a token (again: changes nothing); devices enrolled with it stay enrolled.
+    pub async fn revoke(&self, store: &Store, id: Uuid, now: Timestamp) -> Result<(), ApiError> {
+        self.import_legacy(store).await?;
+        let id = EnrollmentTokenId::new(id).map_err(|err| ApiError::not_found(err.to_string()))?;
+        store.revoke_enrollment_token(&id, now).await.map_err(store_error)?;
+        Ok(())
     }
 
-    /// Checks `presented` for the enrollment `enrollment_id`. A token that is unknown, expired or used up is `401`;
-    /// a retry of an earlier enrollment with the same token is accepted even when the token is used up.
-    pub async fn redeem(&self, presented: &str, enrollment_id: Uuid, now: Timestamp) -> Result<Redeemed<'_>, ApiError> {
-        let guard = self.lock.lock().await;
-        let file = self.load()?;
-        let refused = || ApiError::unauthorized("the enrollment token is unknown, expired or used up");
-        let (id, secret) = presented
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split_once('_'))
-            .and_then(|(id, secret)| Some((Uuid::try_parse(id).ok()?, secret)))
-            .ok_or_else(refused)?;
-        let token = file.tokens.iter().find(|t| t.id == id).ok_or_else(refused)?;
-        let hash = sha256_hex(secret);
-        if aws_lc_rs::constant_time::verify_slices_are_equal(hash.as_bytes(), token.hash.as_bytes()).is_err()
-            || token.expires_at <= now
-        {
-            return Err(refused());
+    fn read_legacy(&self) -> Result<Option<LegacyFile>, ApiError> {
+        match std::fs::read(&self.legacy) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| self.legacy_error(err.to_string())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(self.legacy_error(err.to_string())),
         }
-        let previous_device =
-            file.enrollments.get(&enrollment_id).filter(|r| r.token == id).map(|remembered| remembered.device);
-        if previous_device.is_none() && token.uses_left == 0 {
-            return Err(refused());
-        }
-        let group = token.group.clone();
-        Ok(Redeemed { tokens: self, _guard: guard, file, token: id, enrollment_id, group, previous_device })
+    }
+
+    fn legacy_error(&self, problem: String) -> ApiError {
+        ApiError::internal(format!(
+            "importing the enrollment tokens of {} into the store failed: {problem}; fix or remove the file",
+            self.legacy.display()
+        ))
     }
 }
 
-impl Redeemed<'_> {
-    /// Records the enrollment (and uses the token up by one for a new one).
-    pub fn finish(mut self, device: Uuid, now: Timestamp) -> Result<(), ApiError> {
-        if self.previous_device.is_none()
-            && let Some(token) = self.file.tokens.iter_mut().find(|t| t.id == self.token)
-        {
-            token.uses_left = token.uses_left.saturating_sub(1);
-        }
-        self.file.enrollments.retain(|_, r| r.at + REMEMBER > now);
-        self.file.enrollments.insert(self.enrollment_id, Remembered { device, token: self.token, at: now });
-        self.tokens.save(&self.file)
+impl LegacyFile {
+    /// The file's tokens and enrollments as the store imports them; the problem names the entry.
+    fn convert(self) -> Result<(Vec<ImportedEnrollmentToken>, Vec<ImportedEnrollment>), String> {
+        let tokens = self
+            .tokens
+            .into_iter()
+            .map(|token| {
+                let at = |err: custody_store::Error| format!("token {}: {err}", token.id);
+                Ok(ImportedEnrollmentToken {
+                    id: EnrollmentTokenId::new(token.id).map_err(at)?,
+                    group: token.group.as_deref().map(str::parse).transpose().map_err(at)?,
+                    text_sha256: token.hash.parse().map_err(at)?,
+                    name: token.name,
+                    uses: token.uses,
+                    uses_left: token.uses_left,
+                    created_at: token.created_at,
+                    expires_at: token.expires_at,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let enrollments = self
+            .enrollments
+            .into_iter()
+            .map(|(enrollment, remembered)| {
+                let at = |err: custody_store::Error| format!("enrollment {enrollment}: {err}");
+                Ok(ImportedEnrollment {
+                    enrollment: EnrollmentId::new(enrollment).map_err(at)?,
+                    token: EnrollmentTokenId::new(remembered.token).map_err(at)?,
+                    device: custody_store::DeviceId::new(remembered.device).map_err(at)?,
+                    at: remembered.at,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((tokens, enrollments))
     }
 }
 
-impl StoredToken {
-    fn info(&self) -> EnrollmentTokenInfo {
-        EnrollmentTokenInfo {
-            id: self.id,
-            name: self.name.clone(),
-            group: self.group.clone(),
-            uses: self.uses,
-            uses_left: self.uses_left,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-        }
+/// The admin API's view of a token.
+fn info(token: &EnrollmentToken) -> EnrollmentTokenInfo {
+    EnrollmentTokenInfo {
+        id: *token.id.as_uuid(),
+        name: token.name.clone(),
+        group: token.group.as_ref().map(|group| group.to_string()),
+        uses: token.uses,
+        uses_left: token.uses_left,
+        created_at: token.created_at,
+        expires_at: token.expires_at,
     }
 }
 
-fn sha256_hex(text: &str) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()))
+/// Renames `from` to `to` and syncs their directory, so that the rename survives a crash.
+fn rename_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
+    use custody_store::{DeviceId, Identity, Labels, NewDevice, StoreOptions};
+
     use super::*;
 
+    /// What an earlier version wrote: a token for three devices with one enrollment remembered.
+    fn legacy_file(token: Uuid, text: &str, device: DeviceId, enrollment: Uuid) -> String {
+        let hash = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()));
+        format!(
+            r#"{{"tokens": [{{"id": "{token}", "name": "line 3", "group": "line3", "hash": "{hash}", "uses": 3,
+                "uses_left": 2, "created_at": "2026-07-30T00:00:00Z", "expires_at": "2099-01-01T00:00:00Z"}}],
+               "enrollments": {{"{enrollment}": {{"device": "{device}", "token": "{token}",
+                "at": "2026-07-31T00:00:00Z"}}}}}}"#
+        )
+    }
+
     #[tokio::test]
-    async fn tokens_are_used_up_but_retries_go_through() {
+    async fn enrollment_json_is_imported_once_and_its_tokens_keep_working() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = EnrollmentTokens::new(dir.path().join("enrollment.json"));
-        let now = Timestamp::now();
-        let request = CreateEnrollmentToken { name: "line 3".into(), group: None, uses: 1, expires_in_hours: None };
-        let (secret, info) = tokens.create(&request, now).await.unwrap();
-        assert!(secret.starts_with(PREFIX));
-        assert!(!std::fs::read_to_string(dir.path().join("enrollment.json")).unwrap().contains(&secret[40..]));
+        let store = Store::open_sqlite(&dir.path().join("custody.db"), &StoreOptions::default()).await.unwrap();
+        // Whole seconds: the store keeps microseconds.
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+        let device = NewDevice {
+            id: DeviceId::random(),
+            name: "edge-7".parse().unwrap(),
+            identity: Identity::token(b"device token"),
+            group: None,
+            labels: Labels::default(),
+        };
+        store.enroll(&device, now).await.unwrap();
+        let (token, enrollment) = (Uuid::new_v4(), Uuid::new_v4());
+        let text = "uH3iR5kQ0wQm1b3Qm8yI5Zt1yqvV9wz2q8v1x7c3k0A";
+        let legacy = dir.path().join("enrollment.json");
+        std::fs::write(&legacy, legacy_file(token, text, device.id, enrollment)).unwrap();
 
-        let first = Uuid::from_u128(1);
-        let device = Uuid::from_u128(99);
-        let redeemed = tokens.redeem(&secret, first, now).await.unwrap();
-        assert_eq!(redeemed.previous_device, None);
-        redeemed.finish(device, now).unwrap();
-        assert_eq!(tokens.list().await.unwrap()[0].uses_left, 0);
+        let tokens = EnrollmentTokens::new(legacy.clone());
+        let listed = tokens.list(&store).await.unwrap();
+        assert_eq!((listed.len(), listed[0].uses_left, listed[0].group.as_deref()), (1, 2, Some("line3")));
+        assert!(!legacy.exists());
+        assert!(dir.path().join("enrollment.json.imported").exists());
 
-        let retry = tokens.redeem(&secret, first, now).await.unwrap();
-        assert_eq!(retry.previous_device, Some(device));
-        drop(retry);
-        let second = tokens.redeem(&secret, Uuid::from_u128(2), now).await;
-        assert_eq!(second.err().unwrap().code(), custody_api::ErrorCode::Unauthorized);
+        // The old token redeems, and the remembered enrollment is a retry of the same device.
+        let secret = format!("custody_enroll_{}_{text}", token.simple());
+        let retry = store.redeem_enrollment_token(&secret, &EnrollmentId::new(enrollment).unwrap(), now).await.unwrap();
+        assert_eq!(retry.previous_device.map(|d| d.id), Some(device.id));
 
-        let wrong = format!("{}x", &secret[..secret.len() - 1]);
-        assert!(tokens.redeem(&wrong, first, now).await.is_err());
-        let later = now + jiff::SignedDuration::from_hours(24 * 8);
-        assert!(tokens.redeem(&secret, first, later).await.is_err(), "expired");
-        tokens.revoke(info.id).await.unwrap();
-        assert!(tokens.redeem(&secret, first, now).await.is_err(), "revoked");
+        // A second service (or a restart) imports nothing more, even if the file came back.
+        std::fs::copy(dir.path().join("enrollment.json.imported"), &legacy).unwrap();
+        let again = EnrollmentTokens::new(legacy.clone());
+        again.import_legacy(&store).await.unwrap();
+        assert_eq!(again.list(&store).await.unwrap(), listed);
+
+        // New tokens, revocation.
+        let request = CreateEnrollmentToken { name: "lab".into(), group: None, uses: 1, expires_in_hours: None };
+        let (secret, info) = again.create(&store, &request, now).await.unwrap();
+        assert!(secret.starts_with("custody_enroll_"));
+        assert_eq!(info.expires_at, now + jiff::SignedDuration::from_hours(168));
+        again.revoke(&store, info.id, now).await.unwrap();
+        again.revoke(&store, info.id, now).await.unwrap();
+        assert_eq!(again.list(&store).await.unwrap(), listed, "revoked tokens are not listed");
+        let missing = again.revoke(&store, Uuid::new_v4(), now).await.unwrap_err();
+        assert_eq!(missing.code(), custody_api::ErrorCode::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_broken_enrollment_json_is_named_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("custody.db"), &StoreOptions::default()).await.unwrap();
+        let legacy = dir.path().join("enrollment.json");
+        std::fs::write(&legacy, r#"{"tokens": [{"id": "not a uuid"}]}"#).unwrap();
+        let tokens = EnrollmentTokens::new(legacy.clone());
+        let error = tokens.list(&store).await.unwrap_err();
+        assert!(error.body().message.contains("enrollment.json"), "{:?}", error.body());
+        assert!(legacy.exists(), "nothing is renamed when the import fails");
+        assert!(store.enrollment_tokens().await.unwrap().is_empty());
     }
 }

@@ -1,18 +1,25 @@
-//! The service's own use of its CA directory: device certificates from enrollment CSRs, keeping the intermediates'
-//! CRLs fresh, and renewing the server certificate, all with keys that live online (the service and device
-//! intermediates). The root key is offline: the root CRL must be re-signed on the offline machine (docs/pki.md).
+//! The service's own use of its CA directory (custody-pki's `CaDir`, `DATA/pki/`): device certificates from
+//! enrollment CSRs, revoking them, keeping the intermediates' CRLs fresh, and renewing the server certificate, all
+//! with keys that live online (the service and device intermediates). The root key is offline: the root CRL must be
+//! re-signed on the offline machine (docs/pki.md).
+//!
+//! Every device certificate the service issues is in the CA directory's index, so revoking a device puts its
+//! certificate on the device intermediate's CRL (`pki/ca/device/crl.pem`), which the HTTPS listener reloads (device
+//! routes then refuse the certificate at the handshake) and which devices fetch from `GET /pki/device-crl.pem` to
+//! check their peers. The index is one file rewritten by every change, so changes are serialized by [`CA_LOCK`]
+//! (callers run them on blocking threads).
 
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use custody_pki::{CaDir, Serial};
 use jiff::Timestamp;
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SerialNumber,
-};
 
 use crate::Error;
 use crate::datadir::{DEVICE_CA, DataDir, SERVICE_CA, write_file};
+
+/// Serializes the read-modify-write changes of the CA directory's index within this process.
+static CA_LOCK: Mutex<()> = Mutex::new(());
 
 /// A certificate issued to a device.
 #[derive(Clone, Debug)]
@@ -33,9 +40,18 @@ pub enum CsrError {
     Issue(String),
 }
 
-/// Issues a device client certificate for the key in `csr_pem`, signed by the device intermediate. The CSR's
-/// signature is checked (rcgen); everything else in it (subject, extensions) is ignored: the common name is the
-/// device id and the certificate is for client authentication only.
+/// What [`revoke_device_certificate`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateRevocation {
+    /// Revoked now (or before): it is on the device CRL.
+    OnCrl,
+    /// The index does not list it (issued before the service recorded its device certificates): nothing to revoke.
+    NotIndexed,
+}
+
+/// Issues a device client certificate for the key in `csr_pem`, signed by the device intermediate and recorded in
+/// the CA directory's index. The CSR's signature is checked; everything else in it (subject, extensions) is ignored:
+/// the common name is the device id and the certificate is for client authentication only.
 pub fn issue_device_certificate(
     data: &DataDir,
     csr_pem: &str,
@@ -43,48 +59,51 @@ pub fn issue_device_certificate(
     days: u32,
     now: Timestamp,
 ) -> Result<DeviceCertificate, CsrError> {
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|err| CsrError::Invalid(err.to_string()))?;
-    let ca_dir = data.pki().join("ca").join(DEVICE_CA);
     let issue = |err: &dyn std::fmt::Display| CsrError::Issue(err.to_string());
-    let ca_cert = std::fs::read_to_string(ca_dir.join("cert.pem")).map_err(|e| issue(&e))?;
-    let ca_key = std::fs::read_to_string(ca_dir.join("key.pem")).map_err(|e| issue(&e))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert, KeyPair::from_pem(&ca_key).map_err(|e| issue(&e))?)
-        .map_err(|e| issue(&e))?;
-
-    let mut random = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut random).map_err(|_| issue(&"the random number generator failed"))?;
-    let serial = Serial::from_random(random);
-    let not_before = now - jiff::SignedDuration::from_hours(1);
-    let not_after = now + jiff::SignedDuration::from_hours(i64::from(days) * 24);
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| issue(&e))?;
-    params.not_before = offset(not_before).map_err(|e| issue(&e))?;
-    params.not_after = offset(not_after).map_err(|e| issue(&e))?;
-    params.serial_number = Some(SerialNumber::from_slice(&serial.0));
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "custody");
-    dn.push(DnType::CommonName, device_id);
-    params.distinguished_name = dn;
-    params.key_identifier_method = KeyIdMethod::Sha256;
-    params.use_authority_key_identifier_extension = true;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&csr.public_key, &issuer).map_err(|e| issue(&e))?;
-    Ok(DeviceCertificate {
-        chain: format!("{}{}", cert.pem(), ca_cert),
-        der: cert.der().to_vec(),
-        serial: serial.to_string(),
-        not_after: Timestamp::from_second(not_after.as_second()).unwrap_or(not_after),
-    })
+    let _guard = CA_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut ca = CaDir::open(&data.pki()).map_err(|e| issue(&e))?;
+    let entry = ca.issue_device_csr(DEVICE_CA, device_id, csr_pem, days, now).map_err(|err| match err {
+        custody_pki::Error::Csr(reason) => CsrError::Invalid(reason),
+        other => issue(&other),
+    })?;
+    let dir = ca.entry_dir(&entry);
+    let chain = std::fs::read_to_string(dir.join("chain.pem")).map_err(|e| issue(&e))?;
+    let cert = std::fs::read_to_string(dir.join("cert.pem")).map_err(|e| issue(&e))?;
+    let der = custody_pki::build::pem_certificate(&cert).map_err(|e| issue(&e))?;
+    tracing::info!(device = device_id, serial = %entry.serial, "device certificate issued");
+    Ok(DeviceCertificate { chain, der: der.to_vec(), serial: entry.serial, not_after: entry.not_after })
 }
 
-fn offset(t: Timestamp) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::from_unix_timestamp(t.as_second()).map_err(|e| e.to_string())
+/// Revokes a device certificate the service issued (`reason`: a CRL reason name) and re-signs the device
+/// intermediate's CRL. Revoking a revoked certificate changes nothing.
+pub fn revoke_device_certificate(
+    data: &DataDir,
+    serial: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Result<CertificateRevocation, Error> {
+    let serial: Serial = serial.parse()?;
+    let _guard = CA_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut ca = CaDir::open(&data.pki())?;
+    match ca.find(&serial) {
+        Ok(entry) if entry.purpose != "device" || entry.issuer != DEVICE_CA => {
+            Err(Error::Other(format!("certificate {serial} is not a device certificate of the {DEVICE_CA} CA")))
+        }
+        Ok(entry) if entry.revoked.is_some() => Ok(CertificateRevocation::OnCrl),
+        Ok(_) => {
+            ca.revoke(&serial, reason, now)?;
+            tracing::info!(%serial, reason, "device certificate revoked; device CRL re-signed");
+            Ok(CertificateRevocation::OnCrl)
+        }
+        Err(custody_pki::Error::UnknownSerial(_)) => Ok(CertificateRevocation::NotIndexed),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Re-signs the service and device CRLs when less than half of their lifetime is left, and renews the server
 /// certificate when less than `renew_before` is left (the HTTPS listener reloads it). Returns what it did.
 pub fn maintain(data: &DataDir, renew_before: jiff::SignedDuration, now: Timestamp) -> Result<Vec<String>, Error> {
+    let _guard = CA_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut ca = CaDir::open(&data.pki())?;
     let mut done = Vec::new();
     for name in [SERVICE_CA, DEVICE_CA] {
@@ -130,6 +149,8 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
     use super::*;
     use crate::config::ServiceConfig;
 
@@ -151,7 +172,23 @@ mod tests {
         assert_eq!(issued.chain.matches("BEGIN CERTIFICATE").count(), 2);
 
         let tampered = csr.replace(&csr[40..44], "AAAA");
-        assert!(issue_device_certificate(&data, &tampered, "x", 30, now).is_err());
+        assert!(matches!(issue_device_certificate(&data, &tampered, "x", 30, now), Err(CsrError::Invalid(_))));
+
+        // The certificate is in the index; revoking it puts it on the device CRL, once.
+        let ca = CaDir::open(&data.pki()).unwrap();
+        let entry = ca.find(&issued.serial.parse().unwrap()).unwrap();
+        assert_eq!((entry.purpose.as_str(), entry.issuer.as_str()), ("device", DEVICE_CA));
+        for _ in 0..2 {
+            let done = revoke_device_certificate(&data, &issued.serial, "key-compromise", now).unwrap();
+            assert_eq!(done, CertificateRevocation::OnCrl);
+        }
+        let crl = std::fs::read_to_string(data.pki().join("ca/device/crl.pem")).unwrap();
+        assert_eq!(custody_pki::CrlDetails::from_pem(&crl).unwrap().revoked, std::slice::from_ref(&issued.serial));
+        let unknown = Serial::from_random([7; 16]).to_string();
+        let done = revoke_device_certificate(&data, &unknown, "unspecified", now).unwrap();
+        assert_eq!(done, CertificateRevocation::NotIndexed);
+        let server = ca.entries().iter().find(|e| e.purpose == "server").unwrap();
+        assert!(revoke_device_certificate(&data, &server.serial, "unspecified", now).is_err(), "not a device's");
 
         // Nothing is due right after creation; a month later both CRLs are re-signed.
         assert!(maintain(&data, jiff::SignedDuration::from_hours(24), now).unwrap().is_empty());

@@ -204,7 +204,7 @@ impl RepoService {
         {
             return Err(reject(format!("target {path:?}: the stored content has another sha512 than the metadata")));
         }
-        Ok(())
+        crate::pieces::publish_layer(self.content.as_ref(), path, file).await
     }
 
     /// Publishes when the threshold is met (merging the signatures of a waiting copy of the same `signed` object),

@@ -29,6 +29,10 @@ pub struct Device {
     pub enrolled_at: Timestamp,
     /// The last enrollment, inventory or event report (the latest `now` passed with one).
     pub last_seen: Timestamp,
+    /// When an admin revoked the device ([`Store::revoke_device`](crate::Store::revoke_device)): it authenticates no
+    /// more and is nobody's peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// What [`Store::enroll`](crate::Store::enroll) stores.

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::device::{Device, GroupName};
+use crate::device::{Device, DeviceId, GroupName, Sha256};
 use crate::text::{check_name, uuid_id};
 use crate::token::TokenSecret;
 
@@ -76,6 +76,44 @@ pub struct Redemption {
     pub previous_device: Option<Device>,
 }
 
+/// An enrollment token of the service's former `enrollment.json`, for
+/// [`Store::import_enrollment_tokens`](crate::Store::import_enrollment_tokens). That file kept the SHA-256 of the
+/// secret's base64url *text*, not of its bytes, so the store marks the token and checks it that way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedEnrollmentToken {
+    pub id: EnrollmentTokenId,
+    pub name: String,
+    pub group: Option<GroupName>,
+    /// SHA-256 of the secret part of the token as text (what follows `custody_enroll_<id>_`).
+    pub text_sha256: Sha256,
+    pub uses: u32,
+    pub uses_left: u32,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// An enrollment that went through, from the same file: a retry of it returns the same device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedEnrollment {
+    pub enrollment: EnrollmentId,
+    pub token: EnrollmentTokenId,
+    pub device: DeviceId,
+    pub at: Timestamp,
+}
+
+/// What [`Store::import_enrollment_tokens`](crate::Store::import_enrollment_tokens) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnrollmentImport {
+    /// Tokens stored now.
+    pub tokens: usize,
+    /// Tokens that were stored already (an import repeated), left unchanged.
+    pub tokens_present: usize,
+    /// Enrollments stored now.
+    pub enrollments: usize,
+    /// Enrollments stored already, or whose token or device is not stored.
+    pub enrollments_skipped: usize,
+}
+
 impl NewEnrollmentToken {
     /// Checks the bounds the store enforces.
     pub fn validate(&self, now: Timestamp) -> Result<(), Error> {
@@ -85,6 +123,20 @@ impl NewEnrollmentToken {
         }
         if self.expires_at <= now {
             return Err(Error::invalid("enrollment token expiry", format!("{} is not in the future", self.expires_at)));
+        }
+        Ok(())
+    }
+}
+
+impl ImportedEnrollmentToken {
+    /// Checks the bounds the store enforces (an expired token is imported as it is: it just does not work).
+    pub fn validate(&self) -> Result<(), Error> {
+        check_name("enrollment token name", &self.name, 64)?;
+        if !(1..=MAX_ENROLLMENT_USES).contains(&self.uses) || self.uses_left > self.uses {
+            return Err(Error::invalid(
+                "enrollment token uses",
+                format!("{} left of {}; 1 to {MAX_ENROLLMENT_USES} uses", self.uses_left, self.uses),
+            ));
         }
         Ok(())
     }

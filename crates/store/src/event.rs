@@ -3,12 +3,12 @@
 use core::fmt;
 use core::str::FromStr;
 
-use custody_catalog::UpdateId;
+use custody_catalog::{ProductName, UpdateId};
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::device::{DeviceId, GroupName};
-use crate::text::{check_text, uuid_id};
+use crate::text::{check_name, check_text, uuid_id};
 use crate::{Error, limits};
 
 uuid_id!(
@@ -18,17 +18,30 @@ uuid_id!(
     "event id"
 );
 
-/// One report of a device about one update.
+/// One report of a device: about an update, a product, or its agent.
 ///
-/// JSON: `{"id", "kind", "update", "revision", "at", "detail"}` plus `"result"` for
-/// `scan_finished` and `"code"` for `download_failed` and `install_failed`. Unknown fields are
-/// refused.
+/// JSON: `{"id", "kind", "at", "detail"}` plus, as the kind takes them, `"update"` and `"revision"`, `"product"`,
+/// `"result"`, `"code"`, `"reason"`, `"operation"`, `"outcome"`, `"from"`, `"to"` and `"delivery"`. Unknown fields
+/// are refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub id: EventId,
     pub kind: EventKind,
-    pub update: UpdateId,
-    pub revision: u32,
+    /// The update the event is about: always for the update kinds (`scan_finished` to `reboot_pending`), where
+    /// known for `rolled_back`, `recovered` and `uninstalled`, with revision 0 for a held update (every revision).
+    pub update: Option<UpdateRef>,
+    /// The product of a product event (`held`/`unheld` of a product, `rolled_back`, `recovered`, `uninstalled`,
+    /// optionally `scan_failed`).
+    pub product: Option<ProductName>,
+    /// `rolled_back`: the version left; `recovered`: the version of the interrupted operation (if known);
+    /// `uninstalled`: the version removed.
+    pub from: Option<String>,
+    /// `rolled_back`: the version restored; `recovered`: the version in use after recovery.
+    pub to: Option<String>,
+    /// `download_succeeded`: where the bytes came from; summed per device ([`Store::delivery_by_group`]).
+    ///
+    /// [`Store::delivery_by_group`]: crate::Store::delivery_by_group
+    pub delivery: Option<Delivery>,
     /// When it happened, by the device's clock; stored with microsecond precision. The latest
     /// event per device and update decides compliance: by this time (but never later than the
     /// event's arrival at the service), then by arrival.
@@ -36,6 +49,13 @@ pub struct Event {
     /// Free text for people, at most [`limits::MAX_EVENT_DETAIL`] bytes; `\n` and `\t` are the
     /// only control characters allowed.
     pub detail: String,
+}
+
+/// An update and the revision an event concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpdateRef {
+    pub id: UpdateId,
+    pub revision: u32,
 }
 
 /// What happened.
@@ -58,6 +78,35 @@ pub enum EventKind {
     },
     /// Installed; takes effect after a reboot.
     RebootPending,
+    /// A scan failed before it evaluated anything.
+    ScanFailed {
+        code: i64,
+    },
+    /// An update or a product is held (neither downloaded nor installed).
+    Held,
+    /// A hold was released.
+    Unheld,
+    /// A product went back to an earlier version.
+    RolledBack {
+        reason: RollbackReason,
+    },
+    /// An operation a crash interrupted was finished or undone when the agent started.
+    Recovered {
+        operation: Operation,
+        outcome: RecoveryOutcome,
+    },
+    /// A product was removed.
+    Uninstalled,
+}
+
+/// The columns an [`EventKind`] is stored in, besides its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindParts {
+    pub result: Option<ScanResult>,
+    pub code: Option<i64>,
+    pub reason: Option<RollbackReason>,
+    pub operation: Option<Operation>,
+    pub outcome: Option<RecoveryOutcome>,
 }
 
 /// What a scan found about one update.
@@ -70,53 +119,202 @@ pub enum ScanResult {
     NotApplicable,
 }
 
+/// Why a product went back to an earlier version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackReason {
+    /// Asked for.
+    Manual,
+    /// The new version's health check failed.
+    HealthCheckFailed,
+    /// A new OS image was not confirmed after the reboot.
+    BootFailed,
+}
+
+/// An install engine operation that a crash interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Install,
+    OsInstall,
+    Rollback,
+    OsRollback,
+    Uninstall,
+    OsConfirm,
+}
+
+/// What recovery did with the interrupted operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryOutcome {
+    Completed,
+    Undone,
+}
+
+/// Where the bytes of one download came from, and what the device uploaded to peers meanwhile (bytes each; at
+/// most `i64::MAX`, the database's integers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub from_http: u64,
+    pub from_cache_server: u64,
+    pub from_lan_peers: u64,
+    pub from_group_peers: u64,
+    pub from_internet_peers: u64,
+    pub to_peers: u64,
+}
+
+/// The delivery statistics of one device group ([`Store::delivery_by_group`](crate::Store::delivery_by_group)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDelivery {
+    /// `None`: the devices without a group.
+    pub group: Option<GroupName>,
+    /// Devices that reported at least one download with statistics.
+    pub devices: u64,
+    /// Downloads reported with statistics.
+    pub downloads: u64,
+    pub bytes: Delivery,
+}
+
 impl Event {
-    /// Checks the bounds the store enforces.
+    /// Checks the bounds the store enforces, and that the event carries exactly what its kind takes.
     pub fn validate(&self) -> Result<(), Error> {
-        check_text("event detail", &self.detail, limits::MAX_EVENT_DETAIL, true)
+        use Takes::{No, Optional, Required};
+        check_text("event detail", &self.detail, limits::MAX_EVENT_DETAIL, true)?;
+        let name = self.kind.name();
+        let invalid = |reason: String| Err(Error::invalid("event", reason));
+        // What the kind takes: an update, a product, a from version, a to version, delivery statistics.
+        let takes = match self.kind {
+            EventKind::DownloadSucceeded => [Required, No, No, No, Optional],
+            EventKind::ScanFinished { .. }
+            | EventKind::DownloadStarted
+            | EventKind::DownloadFailed { .. }
+            | EventKind::InstallSucceeded
+            | EventKind::InstallFailed { .. }
+            | EventKind::RebootPending => [Required, No, No, No, No],
+            EventKind::ScanFailed { .. } => [No, Optional, No, No, No],
+            EventKind::Held | EventKind::Unheld => [Optional, Optional, No, No, No],
+            EventKind::RolledBack { .. } => [Optional, Required, Required, Required, No],
+            EventKind::Recovered { .. } => [Optional, Required, Optional, Optional, No],
+            EventKind::Uninstalled => [Optional, Required, Required, No, No],
+        };
+        let present = [
+            ("an ", "update", self.update.is_some()),
+            ("a ", "product", self.product.is_some()),
+            ("a ", "from version", self.from.is_some()),
+            ("a ", "to version", self.to.is_some()),
+            ("", "delivery statistics", self.delivery.is_some()),
+        ];
+        for (takes, (article, what, present)) in takes.into_iter().zip(present) {
+            match (takes, present) {
+                (Required, false) => return invalid(format!("{name} needs {article}{what}")),
+                (No, true) => return invalid(format!("{name} takes no {what}")),
+                _ => {}
+            }
+        }
+        let hold = matches!(self.kind, EventKind::Held | EventKind::Unheld);
+        if hold && self.update.is_some() == self.product.is_some() {
+            return invalid(format!("{name} names exactly one of an update and a product"));
+        }
+        match self.update {
+            Some(update) if hold && update.revision != 0 => {
+                invalid(format!("{name} takes revision 0 (a hold covers every revision)"))
+            }
+            Some(update) if !hold && update.revision == 0 => invalid(format!("{name} needs a revision of 1 or more")),
+            _ => {
+                for version in [&self.from, &self.to].into_iter().flatten() {
+                    check_name("version", version, 64)?;
+                }
+                self.delivery.as_ref().map_or(Ok(()), Delivery::validate)
+            }
+        }
     }
 }
 
+/// Whether an event kind takes a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takes {
+    Required,
+    Optional,
+    No,
+}
+
 impl EventKind {
-    /// The name stored and sent (`install_failed`), the scan result and the error code.
-    pub fn parts(&self) -> (&'static str, Option<ScanResult>, Option<i64>) {
-        match *self {
-            Self::ScanFinished { result } => ("scan_finished", Some(result), None),
-            Self::DownloadStarted => ("download_started", None, None),
-            Self::DownloadSucceeded => ("download_succeeded", None, None),
-            Self::DownloadFailed { code } => ("download_failed", None, Some(code)),
-            Self::InstallSucceeded => ("install_succeeded", None, None),
-            Self::InstallFailed { code } => ("install_failed", None, Some(code)),
-            Self::RebootPending => ("reboot_pending", None, None),
+    /// The name stored and sent (`install_failed`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ScanFinished { .. } => "scan_finished",
+            Self::DownloadStarted => "download_started",
+            Self::DownloadSucceeded => "download_succeeded",
+            Self::DownloadFailed { .. } => "download_failed",
+            Self::InstallSucceeded => "install_succeeded",
+            Self::InstallFailed { .. } => "install_failed",
+            Self::RebootPending => "reboot_pending",
+            Self::ScanFailed { .. } => "scan_failed",
+            Self::Held => "held",
+            Self::Unheld => "unheld",
+            Self::RolledBack { .. } => "rolled_back",
+            Self::Recovered { .. } => "recovered",
+            Self::Uninstalled => "uninstalled",
         }
     }
 
-    /// The inverse of [`EventKind::parts`]; the error says which part is wrong.
-    pub fn from_parts(kind: &str, result: Option<ScanResult>, code: Option<i64>) -> Result<Self, Error> {
-        let kind = match (kind, result, code) {
-            ("scan_finished", Some(result), None) => Self::ScanFinished { result },
-            ("scan_finished", None, _) => return Err(Error::invalid("event", "scan_finished needs a result")),
-            ("download_failed", None, Some(code)) => Self::DownloadFailed { code },
-            ("install_failed", None, Some(code)) => Self::InstallFailed { code },
-            ("download_failed" | "install_failed", _, None) => {
-                return Err(Error::invalid("event", format!("{kind} needs a code")));
+    /// The scan result, error code, rollback reason and recovery of the kind.
+    pub fn parts(&self) -> KindParts {
+        let none = KindParts::default();
+        match *self {
+            Self::ScanFinished { result } => KindParts { result: Some(result), ..none },
+            Self::DownloadFailed { code } | Self::InstallFailed { code } | Self::ScanFailed { code } => {
+                KindParts { code: Some(code), ..none }
             }
-            ("download_started", None, None) => Self::DownloadStarted,
-            ("download_succeeded", None, None) => Self::DownloadSucceeded,
-            ("install_succeeded", None, None) => Self::InstallSucceeded,
-            ("reboot_pending", None, None) => Self::RebootPending,
-            (
-                "download_started" | "download_succeeded" | "install_succeeded" | "reboot_pending" | "download_failed"
-                | "install_failed" | "scan_finished",
-                _,
-                _,
-            ) => {
-                let extra = if result.is_some() { "result" } else { "code" };
-                return Err(Error::invalid("event", format!("{kind} takes no {extra}")));
+            Self::RolledBack { reason } => KindParts { reason: Some(reason), ..none },
+            Self::Recovered { operation, outcome } => {
+                KindParts { operation: Some(operation), outcome: Some(outcome), ..none }
             }
-            _ => return Err(Error::invalid("event kind", format!("{kind:?} is not an event kind"))),
+            Self::DownloadStarted
+            | Self::DownloadSucceeded
+            | Self::InstallSucceeded
+            | Self::RebootPending
+            | Self::Held
+            | Self::Unheld
+            | Self::Uninstalled => none,
+        }
+    }
+
+    /// The inverse of [`EventKind::name`] and [`EventKind::parts`]; the error says which part is wrong.
+    pub fn from_parts(name: &str, parts: KindParts) -> Result<Self, Error> {
+        let missing = |part: &str| Error::invalid("event", format!("{name} needs a {part}"));
+        let kind = match name {
+            "scan_finished" => Self::ScanFinished { result: parts.result.ok_or_else(|| missing("result"))? },
+            "download_started" => Self::DownloadStarted,
+            "download_succeeded" => Self::DownloadSucceeded,
+            "download_failed" => Self::DownloadFailed { code: parts.code.ok_or_else(|| missing("code"))? },
+            "install_succeeded" => Self::InstallSucceeded,
+            "install_failed" => Self::InstallFailed { code: parts.code.ok_or_else(|| missing("code"))? },
+            "reboot_pending" => Self::RebootPending,
+            "scan_failed" => Self::ScanFailed { code: parts.code.ok_or_else(|| missing("code"))? },
+            "held" => Self::Held,
+            "unheld" => Self::Unheld,
+            "rolled_back" => Self::RolledBack { reason: parts.reason.ok_or_else(|| missing("reason"))? },
+            "recovered" => Self::Recovered {
+                operation: parts.operation.ok_or_else(|| missing("operation"))?,
+                outcome: parts.outcome.ok_or_else(|| missing("outcome"))?,
+            },
+            "uninstalled" => Self::Uninstalled,
+            _ => return Err(Error::invalid("event kind", format!("{name:?} is not an event kind"))),
         };
-        Ok(kind)
+        let takes = kind.parts();
+        let extra = [
+            (parts.result.is_some() && takes.result.is_none(), "result"),
+            (parts.code.is_some() && takes.code.is_none(), "code"),
+            (parts.reason.is_some() && takes.reason.is_none(), "reason"),
+            (parts.operation.is_some() && takes.operation.is_none(), "operation"),
+            (parts.outcome.is_some() && takes.outcome.is_none(), "outcome"),
+        ];
+        match extra.into_iter().find(|&(extra, _)| extra) {
+            Some((_, part)) => Err(Error::invalid("event", format!("{name} takes no {part}"))),
+            None => Ok(kind),
+        }
     }
 }
 
@@ -143,6 +341,79 @@ impl FromStr for ScanResult {
     }
 }
 
+/// `as_str` and `FromStr` for the stored text of a unit enum.
+macro_rules! stored_names {
+    ($type:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<Self, Error> {
+                Self::ALL.iter().copied().find(|value| value.as_str() == text).ok_or_else(|| {
+                    Error::invalid($what, format!("{text:?} is not one of {}", [$($name),+].join(", ")))
+                })
+            }
+        }
+    };
+}
+
+stored_names!(RollbackReason, "rollback reason", {
+    Manual => "manual",
+    HealthCheckFailed => "health_check_failed",
+    BootFailed => "boot_failed",
+});
+
+stored_names!(Operation, "operation", {
+    Install => "install",
+    OsInstall => "os_install",
+    Rollback => "rollback",
+    OsRollback => "os_rollback",
+    Uninstall => "uninstall",
+    OsConfirm => "os_confirm",
+});
+
+stored_names!(RecoveryOutcome, "recovery outcome", {
+    Completed => "completed",
+    Undone => "undone",
+});
+
+impl Delivery {
+    /// Every count fits the database's signed 64-bit integers.
+    pub fn validate(&self) -> Result<(), Error> {
+        match self.counts().into_iter().find(|&count| i64::try_from(count).is_err()) {
+            Some(count) => Err(Error::invalid("delivery statistics", format!("{count} bytes; at most {}", i64::MAX))),
+            None => Ok(()),
+        }
+    }
+
+    /// The counts in column order: from HTTP, cache server, LAN, group and internet peers; to peers.
+    pub fn counts(&self) -> [u64; 6] {
+        [
+            self.from_http,
+            self.from_cache_server,
+            self.from_lan_peers,
+            self.from_group_peers,
+            self.from_internet_peers,
+            self.to_peers,
+        ]
+    }
+
+    /// The inverse of [`Delivery::counts`].
+    pub fn from_counts(counts: [u64; 6]) -> Self {
+        let [from_http, from_cache_server, from_lan_peers, from_group_peers, from_internet_peers, to_peers] = counts;
+        Self { from_http, from_cache_server, from_lan_peers, from_group_peers, from_internet_peers, to_peers }
+    }
+}
+
 /// The JSON form of [`Event`]: flat, as stored.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,9 +424,24 @@ struct EventJson {
     result: Option<ScanResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     code: Option<i64>,
-    #[serde(with = "crate::text::as_str")]
-    update: UpdateId,
-    revision: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<RollbackReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<Operation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<RecoveryOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text::option_as_str")]
+    update: Option<UpdateId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text::option_as_str")]
+    product: Option<ProductName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivery: Option<Delivery>,
     at: Timestamp,
     #[serde(default)]
     detail: String,
@@ -163,14 +449,21 @@ struct EventJson {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let (kind, result, code) = self.kind.parts();
+        let parts = self.kind.parts();
         EventJson {
             id: self.id,
-            kind: kind.to_owned(),
-            result,
-            code,
-            update: self.update,
-            revision: self.revision,
+            kind: self.kind.name().to_owned(),
+            result: parts.result,
+            code: parts.code,
+            reason: parts.reason,
+            operation: parts.operation,
+            outcome: parts.outcome,
+            update: self.update.map(|u| u.id),
+            revision: self.update.map(|u| u.revision),
+            product: self.product.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            delivery: self.delivery,
             at: self.at,
             detail: self.detail.clone(),
         }
@@ -181,9 +474,30 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let json = EventJson::deserialize(deserializer)?;
-        let kind = EventKind::from_parts(&json.kind, json.result, json.code).map_err(serde::de::Error::custom)?;
-        let event =
-            Event { id: json.id, kind, update: json.update, revision: json.revision, at: json.at, detail: json.detail };
+        let parts = KindParts {
+            result: json.result,
+            code: json.code,
+            reason: json.reason,
+            operation: json.operation,
+            outcome: json.outcome,
+        };
+        let kind = EventKind::from_parts(&json.kind, parts).map_err(serde::de::Error::custom)?;
+        let update = match (json.update, json.revision) {
+            (Some(id), Some(revision)) => Some(UpdateRef { id, revision }),
+            (None, None) => None,
+            _ => return Err(serde::de::Error::custom("update and revision come together")),
+        };
+        let event = Event {
+            id: json.id,
+            kind,
+            update,
+            product: json.product,
+            from: json.from,
+            to: json.to,
+            delivery: json.delivery,
+            at: json.at,
+            detail: json.detail,
+        };
         event.validate().map_err(serde::de::Error::custom)?;
         Ok(event)
     }
@@ -229,17 +543,25 @@ impl ComplianceState {
     pub const ALL: [Self; 6] =
         [Self::Installed, Self::PendingReboot, Self::Needed, Self::Downloaded, Self::Failed, Self::NotApplicable];
 
-    /// The state an event leaves the device in.
-    pub fn after(kind: &EventKind) -> Self {
+    /// The state an event about an update leaves the device in for that update; `None` for the kinds that do not
+    /// change it (holds, failed scans, recoveries: the agent reports what a recovery amounts to with its own
+    /// event).
+    pub fn after(kind: &EventKind) -> Option<Self> {
         match kind {
-            EventKind::ScanFinished { result: ScanResult::Needed } => Self::Needed,
-            EventKind::ScanFinished { result: ScanResult::Installed } => Self::Installed,
-            EventKind::ScanFinished { result: ScanResult::NotApplicable } => Self::NotApplicable,
-            EventKind::DownloadStarted => Self::Needed,
-            EventKind::DownloadSucceeded => Self::Downloaded,
-            EventKind::DownloadFailed { .. } | EventKind::InstallFailed { .. } => Self::Failed,
-            EventKind::InstallSucceeded => Self::Installed,
-            EventKind::RebootPending => Self::PendingReboot,
+            EventKind::ScanFinished { result: ScanResult::Needed } => Some(Self::Needed),
+            EventKind::ScanFinished { result: ScanResult::Installed } => Some(Self::Installed),
+            EventKind::ScanFinished { result: ScanResult::NotApplicable } => Some(Self::NotApplicable),
+            EventKind::DownloadStarted => Some(Self::Needed),
+            EventKind::DownloadSucceeded => Some(Self::Downloaded),
+            EventKind::DownloadFailed { .. } | EventKind::InstallFailed { .. } => Some(Self::Failed),
+            EventKind::InstallSucceeded => Some(Self::Installed),
+            EventKind::RebootPending => Some(Self::PendingReboot),
+            // Rolled back on request: no longer installed, and applicable. Automatically: the install failed.
+            EventKind::RolledBack { reason: RollbackReason::Manual } => Some(Self::Needed),
+            EventKind::RolledBack { .. } => Some(Self::Failed),
+            // The device no longer has the product.
+            EventKind::Uninstalled => Some(Self::NotApplicable),
+            EventKind::ScanFailed { .. } | EventKind::Held | EventKind::Unheld | EventKind::Recovered { .. } => None,
         }
     }
 
@@ -380,31 +702,81 @@ mod tests {
     const UPDATE: &str = "0b5e4b1e-6c8d-4c44-9d5c-9a1f7e1f2a10";
     const EVENT: &str = "5f0c2a8e-2a7b-4f1e-9c3d-2b8f3e0d1c44";
 
+    fn event(kind: EventKind) -> Event {
+        Event {
+            id: EVENT.parse().unwrap(),
+            kind,
+            update: Some(UpdateRef { id: UPDATE.parse().unwrap(), revision: 3 }),
+            product: None,
+            from: None,
+            to: None,
+            delivery: None,
+            at: "2026-03-01T10:00:00.123456Z".parse().unwrap(),
+            detail: "line 1\nline 2".into(),
+        }
+    }
+
     #[test]
     fn event_json_round_trips_every_kind() {
-        let kinds = [
-            EventKind::ScanFinished { result: ScanResult::NotApplicable },
-            EventKind::DownloadStarted,
-            EventKind::DownloadSucceeded,
-            EventKind::DownloadFailed { code: -7 },
-            EventKind::InstallSucceeded,
-            EventKind::InstallFailed { code: 0x8024_0022 },
-            EventKind::RebootPending,
+        let product = || Some("acme-agent".parse().unwrap());
+        let delivery = Delivery { from_http: 1, from_lan_peers: 7, to_peers: 3, ..Delivery::default() };
+        let events = [
+            event(EventKind::ScanFinished { result: ScanResult::NotApplicable }),
+            event(EventKind::DownloadStarted),
+            Event { delivery: Some(delivery), ..event(EventKind::DownloadSucceeded) },
+            event(EventKind::DownloadFailed { code: -7 }),
+            event(EventKind::InstallSucceeded),
+            event(EventKind::InstallFailed { code: 0x8024_0022 }),
+            event(EventKind::RebootPending),
+            Event { update: None, ..event(EventKind::ScanFailed { code: 4 }) },
+            Event { update: None, product: product(), ..event(EventKind::Held) },
+            Event { update: Some(UpdateRef { id: UPDATE.parse().unwrap(), revision: 0 }), ..event(EventKind::Unheld) },
+            Event {
+                product: product(),
+                from: Some("2.4.0".into()),
+                to: Some("2.3.1".into()),
+                ..event(EventKind::RolledBack { reason: RollbackReason::BootFailed })
+            },
+            Event {
+                update: None,
+                product: product(),
+                from: Some("2.4.0".into()),
+                ..event(EventKind::Recovered { operation: Operation::OsConfirm, outcome: RecoveryOutcome::Undone })
+            },
+            Event { product: product(), from: Some("2.4.0".into()), ..event(EventKind::Uninstalled) },
         ];
-        for kind in kinds {
-            let event = Event {
-                id: EVENT.parse().unwrap(),
-                kind,
-                update: UPDATE.parse().unwrap(),
-                revision: 3,
-                at: "2026-03-01T10:00:00.123456Z".parse().unwrap(),
-                detail: "line 1\nline 2".into(),
-            };
+        for event in events {
+            event.validate().unwrap();
             let json = serde_json::to_string(&event).unwrap();
             assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event, "{json}");
-            let (name, result, code) = kind.parts();
-            assert_eq!(EventKind::from_parts(name, result, code).unwrap(), kind);
+            assert_eq!(EventKind::from_parts(event.kind.name(), event.kind.parts()).unwrap(), event.kind);
         }
+    }
+
+    #[test]
+    fn events_carry_exactly_what_their_kind_takes() {
+        let problem = |event: Event| event.validate().unwrap_err().to_string();
+        let product = || Some("acme-agent".parse().unwrap());
+        assert!(problem(Event { update: None, ..event(EventKind::InstallSucceeded) }).contains("needs an update"));
+        assert!(
+            problem(Event { product: product(), ..event(EventKind::RebootPending) })
+                .contains("reboot_pending takes no product")
+        );
+        assert!(problem(event(EventKind::ScanFailed { code: 1 })).contains("scan_failed takes no update"));
+        assert!(problem(Event { product: product(), ..event(EventKind::Held) }).contains("exactly one"));
+        assert!(problem(event(EventKind::Held)).contains("revision 0"));
+        assert!(problem(Event { update: None, ..event(EventKind::Uninstalled) }).contains("needs a product"));
+        let rolled_back = Event {
+            product: product(),
+            from: Some("2".into()),
+            ..event(EventKind::RolledBack { reason: RollbackReason::Manual })
+        };
+        assert!(problem(rolled_back).contains("needs a to version"));
+        let delivery = Some(Delivery { to_peers: u64::MAX, ..Delivery::default() });
+        assert!(problem(Event { delivery, ..event(EventKind::DownloadSucceeded) }).contains("invalid delivery"));
+        assert!(problem(Event { delivery, ..event(EventKind::InstallSucceeded) }).contains("takes no delivery"));
+        let bad_version = Event { product: product(), from: Some(" 2".into()), ..event(EventKind::Uninstalled) };
+        assert!(problem(bad_version).contains("invalid version"));
     }
 
     #[test]
@@ -414,20 +786,38 @@ mod tests {
         assert!(parse(r#""kind":"scan_finished""#).contains("scan_finished needs a result"));
         assert!(parse(r#""kind":"install_failed""#).contains("install_failed needs a code"));
         assert!(parse(r#""kind":"install_succeeded","code":3"#).contains("install_succeeded takes no code"));
+        assert!(parse(r#""kind":"recovered","operation":"install""#).contains("recovered needs a outcome"));
+        assert!(parse(r#""kind":"held","reason":"manual""#).contains("held takes no reason"));
         assert!(parse(r#""kind":"exploded""#).contains(r#""exploded" is not an event kind"#));
         assert!(parse(r#""kind":"reboot_pending","extra":1"#).contains("unknown field `extra`"));
         let long = "x".repeat(limits::MAX_EVENT_DETAIL + 1);
         assert!(parse(&format!(r#""kind":"reboot_pending","detail":"{long}""#)).contains("invalid event detail"));
+        let alone =
+            format!(r#"{{"id":"{EVENT}","update":"{UPDATE}","kind":"reboot_pending","at":"2026-03-01T10:00:00Z"}}"#);
+        let err = serde_json::from_str::<Event>(&alone).unwrap_err().to_string();
+        assert!(err.contains("update and revision come together"), "{err}");
     }
 
     #[test]
     fn compliance_state_follows_the_event() {
-        assert_eq!(ComplianceState::after(&EventKind::DownloadStarted), ComplianceState::Needed);
-        assert_eq!(ComplianceState::after(&EventKind::InstallFailed { code: 1 }), ComplianceState::Failed);
-        assert_eq!(ComplianceState::after(&EventKind::RebootPending), ComplianceState::PendingReboot);
+        let after = ComplianceState::after;
+        assert_eq!(after(&EventKind::DownloadStarted), Some(ComplianceState::Needed));
+        assert_eq!(after(&EventKind::InstallFailed { code: 1 }), Some(ComplianceState::Failed));
+        assert_eq!(after(&EventKind::RebootPending), Some(ComplianceState::PendingReboot));
+        assert_eq!(after(&EventKind::RolledBack { reason: RollbackReason::Manual }), Some(ComplianceState::Needed));
+        assert_eq!(after(&EventKind::RolledBack { reason: RollbackReason::BootFailed }), Some(ComplianceState::Failed));
+        assert_eq!(after(&EventKind::Uninstalled), Some(ComplianceState::NotApplicable));
+        assert_eq!(after(&EventKind::Held), None);
+        assert_eq!(after(&EventKind::ScanFailed { code: 1 }), None);
+        let recovered = EventKind::Recovered { operation: Operation::Install, outcome: RecoveryOutcome::Undone };
+        assert_eq!(after(&recovered), None);
         for state in ComplianceState::ALL {
             assert_eq!(state.as_str().parse::<ComplianceState>().unwrap(), state);
         }
+        for operation in Operation::ALL {
+            assert_eq!(operation.as_str().parse::<Operation>().unwrap(), *operation);
+        }
+        assert!("sideways".parse::<RollbackReason>().unwrap_err().to_string().contains("manual, health_check_failed"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The storage of the custody update service: enrolled devices and enrollment tokens, device
-//! inventory and reports, per-update compliance, publish history and admin tokens.
+//! inventory and reports, per-update compliance, publish history, admin tokens, and the peer
+//! announcements of peer-to-peer delivery.
 //!
 //! [`Store`] is the one interface. It is an enum over the two backends, [`SqliteStore`] (the
 //! embedded default, WAL) and [`PgStore`] (several service nodes sharing one database); both are
@@ -20,6 +21,7 @@
 mod device;
 mod enrollment;
 mod event;
+mod peer;
 mod publish;
 mod sql;
 mod store;
@@ -31,13 +33,15 @@ pub use device::{
     Labels, NewDevice, Sha256, StoredInventory,
 };
 pub use enrollment::{
-    CreatedEnrollmentToken, EnrollmentId, EnrollmentToken, EnrollmentTokenId, MAX_ENROLLMENT_USES, NewEnrollmentToken,
-    Redemption,
+    CreatedEnrollmentToken, EnrollmentId, EnrollmentImport, EnrollmentToken, EnrollmentTokenId, ImportedEnrollment,
+    ImportedEnrollmentToken, MAX_ENROLLMENT_USES, NewEnrollmentToken, Redemption,
 };
 pub use event::{
-    ComplianceQuery, ComplianceRow, ComplianceState, ComplianceSummary, Event, EventId, EventKind, RecordSummary,
-    ScanResult, StoredEvent,
+    ComplianceQuery, ComplianceRow, ComplianceState, ComplianceSummary, Delivery, Event, EventId, EventKind,
+    GroupDelivery, KindParts, Operation, RecordSummary, RecoveryOutcome, RollbackReason, ScanResult, StoredEvent,
+    UpdateRef,
 };
+pub use peer::{PeerAnnouncement, PeerCandidate, PeerNetwork, PeerReach};
 pub use publish::{NewPublishRecord, PublishAction, PublishQuery, PublishRecord};
 pub use sql::{Backend, PgStore, SqlStore, SqliteStore};
 pub use store::{Health, Store, StoreOptions};
@@ -61,6 +65,10 @@ pub mod limits {
     pub const MAX_PUBLISH_DETAIL: usize = 4096;
     /// Rows returned by one page of a listing.
     pub const MAX_PAGE: u32 = 1000;
+    /// Interface addresses in one peer announcement.
+    pub const MAX_PEER_ADDRESSES: usize = 16;
+    /// Announcements one [`Store::announce_peer`](crate::Store::announce_peer) call returns.
+    pub const MAX_PEER_CANDIDATES: u32 = 1000;
 }
 
 /// The error type of this crate.
@@ -131,6 +139,10 @@ pub enum Error {
     /// device.
     #[error("enrollment {0} is being completed by another request; retry it")]
     EnrollmentInProgress(EnrollmentId),
+
+    /// The device was revoked: it authenticates no more and takes no part in peer-to-peer delivery.
+    #[error("device {0} was revoked")]
+    DeviceRevoked(DeviceId),
 
     /// No admin token has this id.
     #[error("unknown admin token {0}")]

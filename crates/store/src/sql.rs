@@ -22,21 +22,31 @@ use crate::device::{
     NewDevice, Sha256, StoredInventory,
 };
 use crate::enrollment::{
-    CreatedEnrollmentToken, ENROLL_PREFIX, EnrollmentId, EnrollmentToken, EnrollmentTokenId, NewEnrollmentToken,
-    Redemption,
+    CreatedEnrollmentToken, ENROLL_PREFIX, EnrollmentId, EnrollmentImport, EnrollmentToken, EnrollmentTokenId,
+    ImportedEnrollment, ImportedEnrollmentToken, NewEnrollmentToken, Redemption,
 };
 use crate::event::{
-    ComplianceQuery, ComplianceRow, ComplianceState, ComplianceSummary, Event, EventKind, RecordSummary, StoredEvent,
+    ComplianceQuery, ComplianceRow, ComplianceState, ComplianceSummary, Delivery, Event, EventKind, GroupDelivery,
+    KindParts, RecordSummary, StoredEvent, UpdateRef,
 };
 use crate::publish::{NewPublishRecord, PublishQuery, PublishRecord};
 use crate::store::{Health, StoreOptions};
 use crate::token::{ADMIN_PREFIX, AdminToken, CreatedAdminToken, Scope, TokenId, TokenSecret};
 use crate::{Error, limits};
 
+/// The columns [`event_from_row`] reads.
+macro_rules! event_columns {
+    () => {
+        "seq, device_id, event_id, kind, scan_result, error_code, update_id, revision, at, received_at, detail, \
+         product, from_version, to_version, reason, operation, outcome, from_http, from_cache_server, \
+         from_lan_peers, from_group_peers, from_internet_peers, to_peers"
+    };
+}
+
 /// The store on one backend. Cloning is cheap (the pool is shared).
 #[derive(Debug)]
 pub struct SqlStore<B: Backend> {
-    pool: Pool<B>,
+    pub(crate) pool: Pool<B>,
 }
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -74,6 +84,8 @@ impl Backend for Sqlite {
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
         (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
         (2, "enrollment tokens", include_str!("../migrations/sqlite/0002_enrollment_tokens.sql")),
+        (3, "revocation and peers", include_str!("../migrations/sqlite/0003_revocation_and_peers.sql")),
+        (4, "device events", include_str!("../migrations/sqlite/0004_device_events.sql")),
     ];
 
     /// `BEGIN IMMEDIATE` takes the write lock at once (waiting up to the busy timeout). A
@@ -94,6 +106,8 @@ impl Backend for Postgres {
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
         (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
         (2, "enrollment tokens", include_str!("../migrations/postgres/0002_enrollment_tokens.sql")),
+        (3, "revocation and peers", include_str!("../migrations/postgres/0003_revocation_and_peers.sql")),
+        (4, "device events", include_str!("../migrations/postgres/0004_device_events.sql")),
     ];
 
     /// READ COMMITTED. Writers that touch one device serialize on its `devices` row, which
@@ -328,6 +342,25 @@ where
         Self::device_in(connection, id).await?.ok_or(Error::UnknownDevice(*id))
     }
 
+    /// Revokes a device (again: keeps the first revocation time): it authenticates no more, and its peer
+    /// announcements are withdrawn.
+    pub async fn revoke_device(&self, id: &DeviceId, now: Timestamp) -> Result<Device, Error> {
+        let mut tx = B::begin_write(&self.pool).await?;
+        sqlx::query("UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id.to_string())
+            .bind(now.as_microsecond())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM peer_announcements WHERE device_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let device = Self::device_in(&mut tx, id).await?.ok_or(Error::UnknownDevice(*id))?;
+        tx.commit().await?;
+        tracing::info!(device = %id, "device revoked");
+        Ok(device)
+    }
+
     pub async fn device(&self, id: &DeviceId) -> Result<Option<Device>, Error> {
         let mut connection = self.pool.acquire().await?;
         Self::device_in(&mut connection, id).await
@@ -342,8 +375,8 @@ where
     /// One page of devices in id order.
     pub async fn list_devices(&self, query: &DeviceQuery) -> Result<Vec<Device>, Error> {
         let rows = sqlx::query(
-            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen \
-             FROM devices WHERE ($1 IS NULL OR device_group = $1) AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen, \
+             revoked_at FROM devices WHERE ($1 IS NULL OR device_group = $1) AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(query.group.as_ref().map(GroupName::to_string))
         .bind(query.after.map(|id| id.to_string()).unwrap_or_default())
@@ -353,10 +386,10 @@ where
         rows.iter().map(device_from_row::<B>).collect()
     }
 
-    async fn device_in(connection: &mut B::Connection, id: &DeviceId) -> Result<Option<Device>, Error> {
+    pub(crate) async fn device_in(connection: &mut B::Connection, id: &DeviceId) -> Result<Option<Device>, Error> {
         let row = sqlx::query(
-            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen \
-             FROM devices WHERE id = $1",
+            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen, \
+             revoked_at FROM devices WHERE id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&mut *connection)
@@ -366,8 +399,8 @@ where
 
     async fn device_by_identity_in(connection: &mut B::Connection, key: &IdentityKey) -> Result<Option<Device>, Error> {
         let row = sqlx::query(
-            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen \
-             FROM devices WHERE identity_kind = $1 AND identity = $2",
+            "SELECT id, name, identity_kind, identity, cert_serial, device_group, labels, enrolled_at, last_seen, \
+             revoked_at FROM devices WHERE identity_kind = $1 AND identity = $2",
         )
         .bind(key.kind().to_owned())
         .bind(key.digest().to_string())
@@ -378,7 +411,7 @@ where
 
     /// Marks the device seen at `now` (never moving `last_seen` back); false if it is unknown.
     /// Also takes the device's row lock on PostgreSQL, which serializes writers per device.
-    async fn touch_in(connection: &mut B::Connection, id: &DeviceId, now: Timestamp) -> Result<bool, Error> {
+    pub(crate) async fn touch_in(connection: &mut B::Connection, id: &DeviceId, now: Timestamp) -> Result<bool, Error> {
         let row = sqlx::query(
             "UPDATE devices SET last_seen = CASE WHEN last_seen < $2 THEN $2 ELSE last_seen END \
              WHERE id = $1 RETURNING id",
@@ -452,29 +485,42 @@ where
             return Err(Error::UnknownDevice(*device));
         }
         for event in events {
-            let (kind, scan_result, error_code) = event.kind.parts();
+            let parts = event.kind.parts();
             let at = event.at.as_microsecond();
             // Compliance orders a device's events by its clock, but never later than their
             // arrival: an event from a clock set in the future must not outrank every later one.
             let order_at = event.at.min(now).as_microsecond();
-            let inserted = sqlx::query(
+            // Invariant: `validate()` refused counts above i64::MAX.
+            let delivery = event.delivery.map(|d| d.counts().map(|count| count as i64));
+            let mut insert = sqlx::query(
                 "INSERT INTO events \
-                 (device_id, event_id, kind, scan_result, error_code, update_id, revision, at, received_at, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 (device_id, event_id, kind, scan_result, error_code, update_id, revision, at, received_at, detail, \
+                 product, from_version, to_version, reason, operation, outcome, \
+                 from_http, from_cache_server, from_lan_peers, from_group_peers, from_internet_peers, to_peers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18, $19, $20, $21, $22) \
                  ON CONFLICT (device_id, event_id) DO NOTHING RETURNING seq",
             )
             .bind(device.to_string())
             .bind(event.id.to_string())
-            .bind(kind.to_owned())
-            .bind(scan_result.map(|result| result.as_str().to_owned()))
-            .bind(error_code)
-            .bind(event.update.to_string())
-            .bind(i64::from(event.revision))
+            .bind(event.kind.name().to_owned())
+            .bind(parts.result.map(|result| result.as_str().to_owned()))
+            .bind(parts.code)
+            .bind(event.update.map(|update| update.id.to_string()))
+            .bind(event.update.map(|update| i64::from(update.revision)))
             .bind(at)
             .bind(now.as_microsecond())
             .bind(event.detail.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
+            .bind(event.product.as_ref().map(ToString::to_string))
+            .bind(event.from.clone())
+            .bind(event.to.clone())
+            .bind(parts.reason.map(|reason| reason.as_str().to_owned()))
+            .bind(parts.operation.map(|operation| operation.as_str().to_owned()))
+            .bind(parts.outcome.map(|outcome| outcome.as_str().to_owned()));
+            for index in 0..6 {
+                insert = insert.bind(delivery.map(|counts| counts[index]));
+            }
+            let inserted = insert.fetch_optional(&mut *tx).await?;
             let Some(inserted) = inserted else {
                 let stored = Self::event_in(&mut tx, device, event).await?;
                 let same = stored.as_ref().is_some_and(|stored| stored.event == normalized(event));
@@ -485,24 +531,44 @@ where
                 continue;
             };
             let seq: i64 = inserted.try_get("seq")?;
-            let state = ComplianceState::after(&event.kind);
-            sqlx::query(
-                "INSERT INTO update_status (update_id, device_id, revision, state, error_code, at, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (update_id, device_id) DO UPDATE SET revision = excluded.revision, \
-                 state = excluded.state, error_code = excluded.error_code, at = excluded.at, seq = excluded.seq \
-                 WHERE excluded.at > update_status.at \
-                 OR (excluded.at = update_status.at AND excluded.seq > update_status.seq)",
-            )
-            .bind(event.update.to_string())
-            .bind(device.to_string())
-            .bind(i64::from(event.revision))
-            .bind(state.as_str().to_owned())
-            .bind(error_code)
-            .bind(order_at)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+            if let (Some(update), Some(state)) = (event.update, ComplianceState::after(&event.kind)) {
+                sqlx::query(
+                    "INSERT INTO update_status (update_id, device_id, revision, state, error_code, at, seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (update_id, device_id) DO UPDATE SET revision = excluded.revision, \
+                     state = excluded.state, error_code = excluded.error_code, at = excluded.at, seq = excluded.seq \
+                     WHERE excluded.at > update_status.at \
+                     OR (excluded.at = update_status.at AND excluded.seq > update_status.seq)",
+                )
+                .bind(update.id.to_string())
+                .bind(device.to_string())
+                .bind(i64::from(update.revision))
+                .bind(state.as_str().to_owned())
+                .bind(parts.code)
+                .bind(order_at)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(counts) = delivery {
+                let mut add = sqlx::query(
+                    "INSERT INTO delivery_totals (device_id, downloads, from_http, from_cache_server, \
+                     from_lan_peers, from_group_peers, from_internet_peers, to_peers) \
+                     VALUES ($1, 1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (device_id) DO UPDATE SET downloads = delivery_totals.downloads + 1, \
+                     from_http = delivery_totals.from_http + excluded.from_http, \
+                     from_cache_server = delivery_totals.from_cache_server + excluded.from_cache_server, \
+                     from_lan_peers = delivery_totals.from_lan_peers + excluded.from_lan_peers, \
+                     from_group_peers = delivery_totals.from_group_peers + excluded.from_group_peers, \
+                     from_internet_peers = delivery_totals.from_internet_peers + excluded.from_internet_peers, \
+                     to_peers = delivery_totals.to_peers + excluded.to_peers",
+                )
+                .bind(device.to_string());
+                for count in counts {
+                    add = add.bind(count);
+                }
+                add.execute(&mut *tx).await?;
+            }
             summary.recorded += 1;
         }
         tx.commit().await?;
@@ -515,14 +581,12 @@ where
         device: &DeviceId,
         event: &Event,
     ) -> Result<Option<StoredEvent>, Error> {
-        let row = sqlx::query(
-            "SELECT seq, device_id, event_id, kind, scan_result, error_code, update_id, revision, at, received_at, \
-             detail FROM events WHERE device_id = $1 AND event_id = $2",
-        )
-        .bind(device.to_string())
-        .bind(event.id.to_string())
-        .fetch_optional(&mut *connection)
-        .await?;
+        let row =
+            sqlx::query(concat!("SELECT ", event_columns!(), " FROM events WHERE device_id = $1 AND event_id = $2"))
+                .bind(device.to_string())
+                .bind(event.id.to_string())
+                .fetch_optional(&mut *connection)
+                .await?;
         row.as_ref().map(event_from_row::<B>).transpose()
     }
 
@@ -539,10 +603,11 @@ where
         if Self::device_in(&mut connection, device).await?.is_none() {
             return Err(Error::UnknownDevice(*device));
         }
-        let rows = sqlx::query(
-            "SELECT seq, device_id, event_id, kind, scan_result, error_code, update_id, revision, at, received_at, \
-             detail FROM events WHERE device_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE device_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ))
         .bind(device.to_string())
         .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
@@ -630,6 +695,41 @@ where
         }
         let summaries = grouped.into_iter().map(|(update, counts)| ComplianceSummary::new(update, devices, &counts));
         Ok((devices, summaries.collect()))
+    }
+
+    // ---- delivery statistics --------------------------------------------------------------
+
+    /// The delivery statistics of downloads summed per device group (devices without a group as `None`, last),
+    /// over the devices that reported any.
+    pub async fn delivery_by_group(&self) -> Result<Vec<GroupDelivery>, Error> {
+        let rows = sqlx::query(
+            "SELECT d.device_group AS device_group, count(*) AS devices, \
+             CAST(sum(t.downloads) AS BIGINT) AS downloads, CAST(sum(t.from_http) AS BIGINT) AS from_http, \
+             CAST(sum(t.from_cache_server) AS BIGINT) AS from_cache_server, \
+             CAST(sum(t.from_lan_peers) AS BIGINT) AS from_lan_peers, \
+             CAST(sum(t.from_group_peers) AS BIGINT) AS from_group_peers, \
+             CAST(sum(t.from_internet_peers) AS BIGINT) AS from_internet_peers, \
+             CAST(sum(t.to_peers) AS BIGINT) AS to_peers \
+             FROM delivery_totals t JOIN devices d ON d.id = t.device_id \
+             GROUP BY d.device_group ORDER BY d.device_group IS NULL, d.device_group",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let group: Option<String> = row.try_get("device_group")?;
+                let mut counts = [0u64; 6];
+                for (count, column) in counts.iter_mut().zip(DELIVERY_COLUMNS) {
+                    *count = count_of(row.try_get(column)?)?;
+                }
+                Ok(GroupDelivery {
+                    group: group.map(|group| parse("group name", group)).transpose()?,
+                    devices: count(row.try_get("devices")?)?,
+                    downloads: count(row.try_get("downloads")?)?,
+                    bytes: Delivery::from_counts(counts),
+                })
+            })
+            .collect()
     }
 
     // ---- publish history ------------------------------------------------------------------
@@ -878,13 +978,21 @@ where
         let (id, digest) = TokenSecret::parse(ENROLL_PREFIX, secret).ok_or(Error::EnrollmentTokenRefused)?;
         let id = EnrollmentTokenId::new(id)?;
         let mut connection = self.pool.acquire().await?;
-        let row = sqlx::query("SELECT hash FROM enrollment_tokens WHERE id = $1")
+        let row = sqlx::query("SELECT hash, hash_scheme FROM enrollment_tokens WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *connection)
             .await?;
         let Some(row) = row else { return Err(Error::EnrollmentTokenRefused) };
         let stored: String = row.try_get("hash")?;
-        let presented = digest.to_string();
+        let scheme: String = row.try_get("hash_scheme")?;
+        let presented = match scheme.as_str() {
+            "secret" => digest,
+            // Invariant: `TokenSecret::parse` accepted `secret`, so it is the prefix, 32 hex digits, `_` and the
+            // secret's text, all ASCII.
+            "text" => Sha256::of(secret.get(ENROLL_PREFIX.len() + 33..).unwrap_or_default().as_bytes()),
+            other => return Err(Error::corrupt("enrollment token hash scheme", other)),
+        }
+        .to_string();
         if aws_lc_rs::constant_time::verify_slices_are_equal(stored.as_bytes(), presented.as_bytes()).is_err() {
             return Err(Error::EnrollmentTokenRefused);
         }
@@ -956,6 +1064,67 @@ where
         Ok(enrollment_result)
     }
 
+    /// Imports enrollment tokens and remembered enrollments from the service's former `enrollment.json`, in one
+    /// transaction. A token whose id is stored already is left as it is (so importing twice changes nothing); an
+    /// enrollment whose token or device is not stored is skipped.
+    pub async fn import_enrollment_tokens(
+        &self,
+        tokens: &[ImportedEnrollmentToken],
+        enrollments: &[ImportedEnrollment],
+    ) -> Result<EnrollmentImport, Error> {
+        for token in tokens {
+            token.validate()?;
+        }
+        let mut summary = EnrollmentImport::default();
+        let mut tx = B::begin_write(&self.pool).await?;
+        for token in tokens {
+            let inserted = sqlx::query(
+                "INSERT INTO enrollment_tokens \
+                 (id, name, device_group, hash, hash_scheme, uses, uses_left, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, 'text', $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(token.id.to_string())
+            .bind(token.name.clone())
+            .bind(token.group.as_ref().map(GroupName::to_string))
+            .bind(token.text_sha256.to_string())
+            .bind(i64::from(token.uses))
+            .bind(i64::from(token.uses_left))
+            .bind(token.created_at.as_microsecond())
+            .bind(token.expires_at.as_microsecond())
+            .fetch_optional(&mut *tx)
+            .await?;
+            match inserted {
+                Some(_) => summary.tokens += 1,
+                None => summary.tokens_present += 1,
+            }
+        }
+        for enrollment in enrollments {
+            let inserted = sqlx::query(
+                "INSERT INTO enrollments (enrollment_id, token_id, device_id, at) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM enrollment_tokens WHERE id = $2) \
+                 AND EXISTS (SELECT 1 FROM devices WHERE id = $3) ON CONFLICT DO NOTHING RETURNING enrollment_id",
+            )
+            .bind(enrollment.enrollment.to_string())
+            .bind(enrollment.token.to_string())
+            .bind(enrollment.device.to_string())
+            .bind(enrollment.at.as_microsecond())
+            .fetch_optional(&mut *tx)
+            .await?;
+            match inserted {
+                Some(_) => summary.enrollments += 1,
+                None => summary.enrollments_skipped += 1,
+            }
+        }
+        tx.commit().await?;
+        tracing::info!(
+            tokens = summary.tokens,
+            enrollments = summary.enrollments,
+            skipped = summary.enrollments_skipped,
+            "enrollment tokens imported"
+        );
+        Ok(summary)
+    }
+
     async fn enrollment_token_in(
         connection: &mut B::Connection,
         id: &EnrollmentTokenId,
@@ -1006,6 +1175,7 @@ where
     };
     let group: Option<String> = row.try_get("device_group")?;
     let labels: String = row.try_get("labels")?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at")?;
     Ok(Device {
         id: parse("device id", row.try_get("id")?)?,
         name: parse("device name", row.try_get("name")?)?,
@@ -1014,6 +1184,7 @@ where
         labels: serde_json::from_str::<Labels>(&labels).map_err(|error| Error::corrupt("labels", error))?,
         enrolled_at: timestamp(row.try_get("enrolled_at")?)?,
         last_seen: timestamp(row.try_get("last_seen")?)?,
+        revoked_at: revoked_at.map(timestamp).transpose()?,
     })
 }
 
@@ -1024,11 +1195,30 @@ where
     String: for<'r> Decode<'r, B> + Type<B>,
     &'static str: ColumnIndex<B::Row>,
 {
+    let text = |column: &'static str| -> Result<Option<String>, Error> { Ok(row.try_get(column)?) };
+    let parts = KindParts {
+        result: parsed(text("scan_result")?, "scan result")?,
+        code: row.try_get("error_code")?,
+        reason: parsed(text("reason")?, "rollback reason")?,
+        operation: parsed(text("operation")?, "operation")?,
+        outcome: parsed(text("outcome")?, "recovery outcome")?,
+    };
     let kind: String = row.try_get("kind")?;
-    let scan_result: Option<String> = row.try_get("scan_result")?;
-    let scan_result = scan_result.map(|text| parse("scan result", text)).transpose()?;
-    let kind = EventKind::from_parts(&kind, scan_result, row.try_get("error_code")?)
-        .map_err(|error| Error::corrupt("event kind", error))?;
+    let kind = EventKind::from_parts(&kind, parts).map_err(|error| Error::corrupt("event kind", error))?;
+    let update = match (parsed(text("update_id")?, "update id")?, row.try_get::<Option<i64>, _>("revision")?) {
+        (Some(id), Some(number)) => Some(UpdateRef { id, revision: revision(number)? }),
+        (None, None) => None,
+        _ => return Err(Error::corrupt("event", "an update id without a revision, or the reverse")),
+    };
+    let mut counts = [None; 6];
+    for (count, column) in counts.iter_mut().zip(DELIVERY_COLUMNS) {
+        *count = row.try_get::<Option<i64>, _>(column)?.map(count_of).transpose()?;
+    }
+    let delivery = match counts {
+        [Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)] => Some(Delivery::from_counts([a, b, c, d, e, f])),
+        [None, None, None, None, None, None] => None,
+        _ => return Err(Error::corrupt("event", "some delivery statistics are missing")),
+    };
     Ok(StoredEvent {
         seq: row.try_get("seq")?,
         device: parse("device id", row.try_get("device_id")?)?,
@@ -1036,13 +1226,20 @@ where
         event: Event {
             id: parse("event id", row.try_get("event_id")?)?,
             kind,
-            update: parse("update id", row.try_get("update_id")?)?,
-            revision: revision(row.try_get("revision")?)?,
+            update,
+            product: parsed(text("product")?, "product")?,
+            from: text("from_version")?,
+            to: text("to_version")?,
+            delivery,
             at: timestamp(row.try_get("at")?)?,
             detail: row.try_get("detail")?,
         },
     })
 }
+
+/// The delivery statistics columns of `events` and `delivery_totals`, in [`Delivery::counts`] order.
+const DELIVERY_COLUMNS: [&str; 6] =
+    ["from_http", "from_cache_server", "from_lan_peers", "from_group_peers", "from_internet_peers", "to_peers"];
 
 fn token_from_row<B>(row: &B::Row) -> Result<AdminToken, Error>
 where
@@ -1108,11 +1305,11 @@ fn labels_json(labels: &Labels) -> String {
     serde_json::to_string(labels).expect("labels serialize")
 }
 
-fn parse<T: FromStr<Err: ToString>>(what: &'static str, text: String) -> Result<T, Error> {
+pub(crate) fn parse<T: FromStr<Err: ToString>>(what: &'static str, text: String) -> Result<T, Error> {
     text.parse().map_err(|error: T::Err| Error::corrupt(what, error))
 }
 
-fn timestamp(microseconds: i64) -> Result<Timestamp, Error> {
+pub(crate) fn timestamp(microseconds: i64) -> Result<Timestamp, Error> {
     Timestamp::from_microsecond(microseconds).map_err(|error| Error::corrupt("timestamp", error))
 }
 
@@ -1122,6 +1319,15 @@ fn revision(value: i64) -> Result<u32, Error> {
 
 fn count(value: i64) -> Result<u64, Error> {
     u64::try_from(value).map_err(|error| Error::corrupt("count", error))
+}
+
+/// An optional text column parsed.
+fn parsed<T: FromStr<Err: ToString>>(text: Option<String>, what: &'static str) -> Result<Option<T>, Error> {
+    text.map(|text| parse(what, text)).transpose()
+}
+
+fn count_of(value: i64) -> Result<u64, Error> {
+    u64::try_from(value).map_err(|error| Error::corrupt("delivery statistics", error))
 }
 
 fn page_limit(limit: u32) -> Result<i64, Error> {

@@ -12,9 +12,13 @@ use crate::device::{
     Device, DeviceId, DeviceQuery, Enrollment, GroupName, Identity, IdentityKey, Inventory, NewDevice, StoredInventory,
 };
 use crate::enrollment::{
-    CreatedEnrollmentToken, EnrollmentId, EnrollmentToken, EnrollmentTokenId, NewEnrollmentToken, Redemption,
+    CreatedEnrollmentToken, EnrollmentId, EnrollmentImport, EnrollmentToken, EnrollmentTokenId, ImportedEnrollment,
+    ImportedEnrollmentToken, NewEnrollmentToken, Redemption,
 };
-use crate::event::{ComplianceQuery, ComplianceRow, ComplianceSummary, Event, RecordSummary, StoredEvent};
+use crate::event::{
+    ComplianceQuery, ComplianceRow, ComplianceSummary, Event, GroupDelivery, RecordSummary, StoredEvent,
+};
+use crate::peer::{PeerAnnouncement, PeerCandidate, PeerReach};
 use crate::publish::{NewPublishRecord, PublishQuery, PublishRecord};
 use crate::sql::{PgStore, SqliteStore};
 use crate::token::{AdminToken, CreatedAdminToken, Scope, TokenId};
@@ -102,6 +106,12 @@ impl Store {
         dispatch!(self, s => s.replace_identity(id, identity))
     }
 
+    /// Revokes a device (idempotent: keeps the first revocation time): it authenticates no more, and its peer
+    /// announcements are withdrawn.
+    pub async fn revoke_device(&self, id: &DeviceId, now: Timestamp) -> Result<Device, Error> {
+        dispatch!(self, s => s.revoke_device(id, now))
+    }
+
     pub async fn device(&self, id: &DeviceId) -> Result<Option<Device>, Error> {
         dispatch!(self, s => s.device(id))
     }
@@ -164,6 +174,11 @@ impl Store {
     /// Summaries of every update any device reported about, in update id order.
     pub async fn compliance_overview(&self, group: Option<&GroupName>) -> Result<Vec<ComplianceSummary>, Error> {
         dispatch!(self, s => s.compliance_overview(group))
+    }
+
+    /// See [`SqlStore::delivery_by_group`].
+    pub async fn delivery_by_group(&self) -> Result<Vec<GroupDelivery>, Error> {
+        dispatch!(self, s => s.delivery_by_group())
     }
 
     pub async fn append_publish(&self, record: &NewPublishRecord, now: Timestamp) -> Result<PublishRecord, Error> {
@@ -244,5 +259,27 @@ impl Store {
         now: Timestamp,
     ) -> Result<Enrollment, Error> {
         dispatch!(self, s => s.enroll_with_token(token, enrollment, device, now))
+    }
+
+    /// Imports enrollment tokens and remembered enrollments from the service's former `enrollment.json`, all or
+    /// nothing; importing again changes nothing.
+    pub async fn import_enrollment_tokens(
+        &self,
+        tokens: &[ImportedEnrollmentToken],
+        enrollments: &[ImportedEnrollment],
+    ) -> Result<EnrollmentImport, Error> {
+        dispatch!(self, s => s.import_enrollment_tokens(tokens, enrollments))
+    }
+
+    /// Records (or renews) a device's announcement for a content and returns up to `limit` live announcements of
+    /// other, unrevoked devices for it within `reach` (cache servers and complete peers first).
+    pub async fn announce_peer(
+        &self,
+        announcement: &PeerAnnouncement,
+        reach: PeerReach,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<PeerCandidate>, Error> {
+        dispatch!(self, s => s.announce_peer(announcement, reach, limit, now))
     }
 }

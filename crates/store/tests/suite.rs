@@ -7,10 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use custody_catalog::{DeviceInventory, UpdateId};
 use custody_store::{
-    ComplianceQuery, ComplianceState, Device, DeviceId, DeviceQuery, Enrollment, EnrollmentId, Error, Event, EventId,
-    EventKind, GroupName, Identity, IdentityKey, Inventory, Labels, NewDevice, NewEnrollmentToken, NewPublishRecord,
-    PublishAction, PublishQuery, ScanResult, Scope, Sha256, Store, StoreOptions, limits,
+    ComplianceQuery, ComplianceState, Device, DeviceId, DeviceQuery, Enrollment, EnrollmentId, EnrollmentImport,
+    EnrollmentTokenId, Error, Event, EventId, EventKind, GroupName, Identity, IdentityKey, ImportedEnrollment,
+    ImportedEnrollmentToken, Inventory, Labels, NewDevice, NewEnrollmentToken, NewPublishRecord, PeerAnnouncement,
+    PeerReach, PublishAction, PublishQuery, ScanResult, Scope, Sha256, Store, StoreOptions, limits,
 };
+use custody_store::{Delivery, Operation, RecoveryOutcome, RollbackReason, UpdateRef};
 use jiff::Timestamp;
 use sqlx::AssertSqlSafe;
 
@@ -135,12 +137,44 @@ suite! {
     enrollment_tokens_are_used_up_but_retries_go_through,
     enrollment_tokens_expire_and_are_revoked,
     two_stores_use_the_last_enrollment_once,
+    a_version_2_database_keeps_its_enrollment_tokens,
+    devices_are_revoked_once_and_keep_their_record,
+    enrollment_tokens_of_enrollment_json_are_imported_once,
+    peers_are_found_by_reach_never_revoked_or_expired,
+    product_and_agent_events_change_compliance_only_where_relevant,
+    delivery_statistics_are_summed_per_group_once,
+    a_version_3_database_keeps_its_events,
 }
 
 // ---- helpers ----------------------------------------------------------------------------------
 
+/// SQL that takes a database back to schema version 3 (SQLite keeps `events.update_id` nullable, which migration
+/// 4 accepts when it runs again).
+macro_rules! undo_migration_4 {
+    () => {
+        "DROP TABLE delivery_totals; ALTER TABLE events DROP COLUMN product; \
+         ALTER TABLE events DROP COLUMN from_version; ALTER TABLE events DROP COLUMN to_version; \
+         ALTER TABLE events DROP COLUMN reason; ALTER TABLE events DROP COLUMN operation; \
+         ALTER TABLE events DROP COLUMN outcome; ALTER TABLE events DROP COLUMN from_http; \
+         ALTER TABLE events DROP COLUMN from_cache_server; ALTER TABLE events DROP COLUMN from_lan_peers; \
+         ALTER TABLE events DROP COLUMN from_group_peers; ALTER TABLE events DROP COLUMN from_internet_peers; \
+         ALTER TABLE events DROP COLUMN to_peers; DELETE FROM schema_migrations WHERE version = 4; "
+    };
+}
+
+/// Takes a database back to schema version 3.
+const UNDO_MIGRATION_4: &str = undo_migration_4!();
+
+/// Takes a database back to schema version 2.
+const UNDO_MIGRATION_3: &str = concat!(
+    undo_migration_4!(),
+    "DROP TABLE peer_networks; DROP TABLE peer_announcements; \
+    ALTER TABLE devices DROP COLUMN revoked_at; ALTER TABLE enrollment_tokens DROP COLUMN hash_scheme; \
+    DELETE FROM schema_migrations WHERE version = 3;"
+);
+
 /// The latest migration of this build.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 4;
 
 fn at(text: &str) -> Timestamp {
     text.parse().unwrap()
@@ -172,7 +206,17 @@ async fn enrolled(store: &Store, n: u32, group: Option<&str>) -> Device {
 }
 
 fn event(kind: EventKind, update: UpdateId, time: &str) -> Event {
-    Event { id: EventId::random(), kind, update, revision: 1, at: at(time), detail: String::new() }
+    Event {
+        id: EventId::random(),
+        kind,
+        update: Some(UpdateRef { id: update, revision: 1 }),
+        product: None,
+        from: None,
+        to: None,
+        delivery: None,
+        at: at(time),
+        detail: String::new(),
+    }
 }
 
 fn inventory() -> Inventory {
@@ -202,15 +246,25 @@ async fn migrations_apply_once_and_refuse_a_newer_database(db: &TestDb) {
     store.close().await;
 
     // A newer build migrated the database: this one must not touch it.
-    db.raw("INSERT INTO schema_migrations (version, description, checksum) VALUES (3, 'from a newer build', 'x')")
-        .await;
+    let newer = SCHEMA_VERSION + 1;
+    db.raw(&format!(
+        "INSERT INTO schema_migrations (version, description, checksum) VALUES ({newer}, 'from a newer build', 'x')"
+    ))
+    .await;
     let error = Store::open(&db.url, &StoreOptions::default()).await.unwrap_err();
-    assert!(matches!(error, Error::SchemaTooNew { database: 3, supported: 2 }), "{error:?}");
-    assert!(error.to_string().contains("schema version 3, newer than this build supports (2)"), "{error}");
+    assert!(
+        matches!(error, Error::SchemaTooNew { database, supported } if database == newer && supported == SCHEMA_VERSION),
+        "{error:?}"
+    );
+    let expected = format!("schema version {newer}, newer than this build supports ({SCHEMA_VERSION})");
+    assert!(error.to_string().contains(&expected), "{error}");
 
     // An applied migration whose SQL changed since is refused too.
-    db.raw("DELETE FROM schema_migrations WHERE version = 3; UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
-        .await;
+    db.raw(&format!(
+        "DELETE FROM schema_migrations WHERE version = {newer}; \
+         UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1"
+    ))
+    .await;
     let error = Store::open(&db.url, &StoreOptions::default()).await.unwrap_err();
     assert!(matches!(error, Error::MigrationChanged { version: 1 }), "{error:?}");
 }
@@ -220,8 +274,11 @@ async fn a_version_1_database_is_upgraded_in_place(db: &TestDb) {
     let device = enrolled(&store, 1, None).await;
     store.close().await;
     // Take the database back to what a build with only migration 1 left.
-    db.raw("DROP TABLE enrollments; DROP TABLE enrollment_tokens; DELETE FROM schema_migrations WHERE version = 2")
-        .await;
+    db.raw(&format!(
+        "{UNDO_MIGRATION_3} DROP TABLE enrollments; DROP TABLE enrollment_tokens; \
+         DELETE FROM schema_migrations WHERE version = 2"
+    ))
+    .await;
 
     let store = db.open().await;
     assert_eq!(store.health().await.unwrap().schema_version, SCHEMA_VERSION);
@@ -844,6 +901,213 @@ async fn two_stores_use_the_last_enrollment_once(db: &TestDb) {
     assert_eq!(b.enrollment_tokens().await.unwrap()[0].uses_left, 0);
 }
 
+async fn a_version_2_database_keeps_its_enrollment_tokens(db: &TestDb) {
+    let store = db.open().await;
+    let now = at("2026-08-01T00:00:00Z");
+    let created = store.create_enrollment_token(&enrollment_request(2, None), now).await.unwrap();
+    let device = enrolled(&store, 1, None).await;
+    store.close().await;
+    db.raw(UNDO_MIGRATION_3).await;
+
+    let store = db.open().await;
+    assert_eq!(store.health().await.unwrap().schema_version, SCHEMA_VERSION);
+    assert_eq!(store.device(&device.id).await.unwrap().unwrap().revoked_at, None);
+    let redeemed = store.redeem_enrollment_token(created.secret.expose(), &EnrollmentId::random(), now).await.unwrap();
+    assert_eq!(redeemed.token.id, created.token.id, "a token made before the upgrade still works");
+}
+
+async fn devices_are_revoked_once_and_keep_their_record(db: &TestDb) {
+    let store = db.open().await;
+    let device = enrolled(&store, 1, Some("lab")).await;
+    let other = enrolled(&store, 2, Some("lab")).await;
+    let now = at("2026-09-01T00:00:00Z");
+    let content = Sha256::of(b"content");
+    store
+        .announce_peer(&announcement(&device, content, "10.0.0.1", &[], now), PeerReach::Anyone, 50, now)
+        .await
+        .unwrap();
+
+    let revoked = store.revoke_device(&device.id, now).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(now));
+    assert_eq!(revoked.identity, device.identity, "the record stays");
+    let again = store.revoke_device(&device.id, at("2026-09-02T00:00:00Z")).await.unwrap();
+    assert_eq!(again.revoked_at, Some(now), "the first revocation time is kept");
+    let found = store.device_by_identity(&device.identity.key()).await.unwrap().unwrap();
+    assert_eq!(found.revoked_at, Some(now), "authentication sees the revocation");
+    let listed = store.list_devices(&DeviceQuery::default()).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(store.device(&other.id).await.unwrap().unwrap().revoked_at, None);
+
+    // Its announcement is withdrawn and it cannot announce again.
+    let found = store
+        .announce_peer(&announcement(&other, content, "10.0.0.1", &[], now), PeerReach::Anyone, 50, now)
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "{found:?}");
+    let error = store
+        .announce_peer(&announcement(&device, content, "10.0.0.1", &[], now), PeerReach::Anyone, 50, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::DeviceRevoked(id) if id == device.id), "{error:?}");
+    let unknown = DeviceId::random();
+    assert!(matches!(store.revoke_device(&unknown, now).await, Err(Error::UnknownDevice(id)) if id == unknown));
+}
+
+async fn enrollment_tokens_of_enrollment_json_are_imported_once(db: &TestDb) {
+    let store = db.open().await;
+    let now = at("2026-08-01T00:00:00Z");
+    let device = enrolled(&store, 1, None).await;
+    // As the service's enrollment.json kept them: the SHA-256 of the secret's text.
+    let id = EnrollmentTokenId::random();
+    let text = "uH3iR5kQ0wQm1b3Qm8yI5Zt1yqvV9wz2q8v1x7c3k0A";
+    let secret = format!("custody_enroll_{}_{text}", id.as_uuid().simple());
+    let token = ImportedEnrollmentToken {
+        id,
+        name: "line 3".into(),
+        group: Some("line3".parse().unwrap()),
+        text_sha256: Sha256::of(text.as_bytes()),
+        uses: 3,
+        uses_left: 2,
+        created_at: at("2026-07-30T00:00:00Z"),
+        expires_at: at("2026-08-06T00:00:00Z"),
+    };
+    let remembered = EnrollmentId::random();
+    let enrollments = [
+        ImportedEnrollment { enrollment: remembered, token: id, device: device.id, at: at("2026-07-31T00:00:00Z") },
+        // A device the store does not have: skipped, not an error.
+        ImportedEnrollment {
+            enrollment: EnrollmentId::random(),
+            token: id,
+            device: DeviceId::random(),
+            at: at("2026-07-31T00:00:00Z"),
+        },
+    ];
+    let summary = store.import_enrollment_tokens(std::slice::from_ref(&token), &enrollments).await.unwrap();
+    assert_eq!(summary, EnrollmentImport { tokens: 1, tokens_present: 0, enrollments: 1, enrollments_skipped: 1 });
+    let again = store.import_enrollment_tokens(std::slice::from_ref(&token), &enrollments).await.unwrap();
+    assert_eq!(again, EnrollmentImport { tokens: 0, tokens_present: 1, enrollments: 0, enrollments_skipped: 2 });
+    let listed = store.enrollment_tokens().await.unwrap();
+    assert_eq!((listed.len(), listed[0].uses, listed[0].uses_left), (1, 3, 2));
+    assert_eq!(listed[0].group.as_ref().map(GroupName::as_str), Some("line3"));
+
+    // The remembered enrollment is a retry; a new one uses the token up by one.
+    let retry = store.redeem_enrollment_token(&secret, &remembered, now).await.unwrap();
+    assert_eq!(retry.previous_device.map(|d| d.id), Some(device.id));
+    let attempt = EnrollmentId::random();
+    assert_eq!(store.redeem_enrollment_token(&secret, &attempt, now).await.unwrap().previous_device, None);
+    store.enroll_with_token(&id, &attempt, &new_device(2, None), now).await.unwrap();
+    assert_eq!(store.enrollment_tokens().await.unwrap()[0].uses_left, 1);
+    let wrong = format!("custody_enroll_{}_{}", id.as_uuid().simple(), "A".repeat(43));
+    assert!(matches!(store.redeem_enrollment_token(&wrong, &attempt, now).await, Err(Error::EnrollmentTokenRefused)));
+    assert!(matches!(
+        store.redeem_enrollment_token(&secret, &attempt, token.expires_at).await,
+        Err(Error::EnrollmentTokenRefused)
+    ));
+
+    let bad = ImportedEnrollmentToken { uses_left: 4, ..token };
+    let error = store.import_enrollment_tokens(&[bad], &[]).await.unwrap_err();
+    assert!(error.to_string().contains("4 left of 3"), "{error}");
+}
+
+fn announcement(device: &Device, content: Sha256, public: &str, networks: &[&str], now: Timestamp) -> PeerAnnouncement {
+    PeerAnnouncement {
+        device: device.id,
+        content,
+        mode: 3,
+        public_addr: public.parse().unwrap(),
+        addresses: networks.iter().map(|n| n.parse().unwrap()).collect(),
+        port: 7680,
+        complete: false,
+        cache_server: false,
+        expires_at: now + jiff::SignedDuration::from_mins(15),
+    }
+}
+
+async fn peers_are_found_by_reach_never_revoked_or_expired(db: &TestDb) {
+    let store = db.open().await;
+    let now = at("2026-09-01T12:00:00Z");
+    let content = Sha256::of(b"the update");
+    let asker = enrolled(&store, 0, Some("plant-7")).await;
+    let nat = enrolled(&store, 1, Some("plant-9")).await; // behind the asker's public address
+    let subnet = enrolled(&store, 2, None).await; // same LAN, another uplink
+    let cache = enrolled(&store, 3, Some("plant-7")).await; // the group's cache server, elsewhere
+    let colleague = enrolled(&store, 4, Some("plant-7")).await; // same group, elsewhere
+    let stranger = enrolled(&store, 5, Some("plant-9")).await;
+    let revoked = enrolled(&store, 6, None).await;
+    let expired = enrolled(&store, 7, None).await;
+    let other_content = enrolled(&store, 8, None).await;
+    let others = [
+        (&nat, "203.0.113.7", vec!["192.168.7.20/24"], true, false),
+        (&subnet, "198.51.100.1", vec!["192.168.7.30/24", "fd00::30/64"], false, false),
+        (&cache, "198.51.100.9", vec!["10.9.0.2/16"], true, true),
+        (&colleague, "198.51.100.10", vec!["10.10.0.2/16"], false, false),
+        (&stranger, "198.51.100.11", vec!["192.168.8.20/24"], true, false),
+        (&revoked, "203.0.113.7", vec![], true, false),
+    ];
+    for (device, public, networks, complete, cache_server) in others {
+        let mut entry = announcement(device, content, public, &networks, now);
+        (entry.complete, entry.cache_server) = (complete, cache_server);
+        store.announce_peer(&entry, PeerReach::Anyone, 50, now).await.unwrap();
+    }
+    let mut stale = announcement(&expired, content, "203.0.113.7", &[], at("2026-09-01T11:00:00Z"));
+    stale.expires_at = at("2026-09-01T11:30:00Z");
+    store.announce_peer(&stale, PeerReach::Anyone, 50, at("2026-09-01T11:00:00Z")).await.unwrap();
+    store
+        .announce_peer(
+            &announcement(&other_content, Sha256::of(b"x"), "203.0.113.7", &[], now),
+            PeerReach::Lan,
+            50,
+            now,
+        )
+        .await
+        .unwrap();
+    store.revoke_device(&revoked.id, now).await.unwrap();
+
+    let mine = announcement(&asker, content, "203.0.113.7", &["192.168.7.10/24"], now);
+    let found = |reach, limit| {
+        let (store, mine) = (store.clone(), mine.clone());
+        async move {
+            let candidates = store.announce_peer(&mine, reach, limit, now).await.unwrap();
+            candidates.iter().map(|c| c.announcement.device).collect::<Vec<_>>()
+        }
+    };
+    // Cache servers first, then complete peers, then behind the same public address, then the group.
+    assert_eq!(found(PeerReach::Lan, 50).await, [cache.id, nat.id, subnet.id]);
+    assert_eq!(found(PeerReach::Group, 50).await, [cache.id, nat.id, colleague.id, subnet.id]);
+    assert_eq!(found(PeerReach::Anyone, 50).await, [cache.id, nat.id, stranger.id, colleague.id, subnet.id]);
+    assert_eq!(found(PeerReach::Anyone, 2).await, [cache.id, nat.id]);
+
+    // What a candidate says, with its device's group; renewing replaces the announcement.
+    let candidates = store.announce_peer(&mine, PeerReach::Lan, 50, now).await.unwrap();
+    let subnet_entry = candidates.iter().find(|c| c.announcement.device == subnet.id).unwrap();
+    assert_eq!(subnet_entry.group, None);
+    assert_eq!(subnet_entry.announcement.addresses.len(), 2);
+    assert_eq!(subnet_entry.announcement.addresses[1].to_string(), "fd00::30/64");
+    assert_eq!(candidates[0].group.as_ref().map(GroupName::as_str), Some("plant-7"));
+    let mut moved = announcement(&subnet, content, "198.51.100.1", &["172.16.0.3/12"], now);
+    moved.complete = true;
+    store.announce_peer(&moved, PeerReach::Lan, 50, now).await.unwrap();
+    assert_eq!(found(PeerReach::Lan, 50).await, [cache.id, nat.id], "left the asker's LAN");
+
+    // Announcements expire unless renewed.
+    let later = now + jiff::SignedDuration::from_mins(16);
+    let mut fresh = mine.clone();
+    fresh.expires_at = later + jiff::SignedDuration::from_mins(15);
+    assert!(store.announce_peer(&fresh, PeerReach::Anyone, 50, later).await.unwrap().is_empty());
+
+    // Bounds.
+    let mut bad = mine.clone();
+    bad.port = 0;
+    assert!(store.announce_peer(&bad, PeerReach::Lan, 50, now).await.unwrap_err().to_string().contains("port"));
+    bad = mine.clone();
+    bad.addresses = vec!["10.0.0.1/8".parse().unwrap(); limits::MAX_PEER_ADDRESSES + 1];
+    assert!(store.announce_peer(&bad, PeerReach::Lan, 50, now).await.is_err());
+    assert!(store.announce_peer(&mine, PeerReach::Lan, 0, now).await.is_err());
+    bad = mine.clone();
+    bad.device = DeviceId::random();
+    assert!(matches!(store.announce_peer(&bad, PeerReach::Lan, 50, now).await, Err(Error::UnknownDevice(_))));
+}
+
 #[tokio::test]
 async fn unsupported_urls_are_refused_without_echoing_them() {
     let error = Store::open("mysql://root:hunter2@db/custody", &StoreOptions::default()).await.unwrap_err();
@@ -860,4 +1124,141 @@ async fn a_remote_database_needs_verified_tls_or_an_explicit_opt_out() {
         assert!(matches!(&error, Error::UnverifiedDatabase { host } if host == "db.example.com"), "{url}: {error:?}");
         assert!(error.to_string().contains("sslmode=verify-full"), "{error}");
     }
+}
+
+// ---- product and agent events, delivery statistics (migration 4) -------------------------------
+
+async fn product_and_agent_events_change_compliance_only_where_relevant(db: &TestDb) {
+    let store = db.open().await;
+    let device = enrolled(&store, 1, None).await;
+    let (u1, u2, u3) = (update(1), update(2), update(3));
+    let product = || Some("acme-agent".parse().unwrap());
+    let installed = [u1, u2, u3].map(|u| event(EventKind::InstallSucceeded, u, "2026-04-01T10:00:00Z"));
+    store.record_events(&device.id, &installed, at("2026-04-01T10:00:00Z")).await.unwrap();
+    let mut held = event(EventKind::Held, u1, "2026-04-01T11:00:00Z");
+    held.update = None;
+    held.product = product();
+    let mut unheld = event(EventKind::Unheld, u1, "2026-04-01T11:00:01Z");
+    unheld.update = Some(UpdateRef { id: u1, revision: 0 });
+    let mut scan_failed = event(EventKind::ScanFailed { code: 110 }, u1, "2026-04-01T11:00:02Z");
+    scan_failed.update = None;
+    scan_failed.detail = "service-unreachable: connection timed out".into();
+    let recovered_kind = EventKind::Recovered { operation: Operation::Install, outcome: RecoveryOutcome::Undone };
+    let mut recovered = event(recovered_kind, u1, "2026-04-01T11:00:03Z");
+    recovered.product = product();
+    recovered.from = Some("2.4.0".into());
+    recovered.to = Some("2.3.1".into());
+    let mut manual = event(EventKind::RolledBack { reason: RollbackReason::Manual }, u1, "2026-04-01T11:00:04Z");
+    manual.product = product();
+    (manual.from, manual.to) = (Some("2.4.0".into()), Some("2.3.1".into()));
+    let mut boot = event(EventKind::RolledBack { reason: RollbackReason::BootFailed }, u2, "2026-04-01T11:00:05Z");
+    boot.product = Some("acme-os".parse().unwrap());
+    (boot.from, boot.to) = (Some("7.1".into()), Some("7.0".into()));
+    let mut uninstalled = event(EventKind::Uninstalled, u3, "2026-04-01T11:00:06Z");
+    uninstalled.product = Some("acme-tools".parse().unwrap());
+    uninstalled.from = Some("1.0".into());
+    let batch = [held, unheld, scan_failed, recovered, manual, boot, uninstalled];
+    let summary = store.record_events(&device.id, &batch, at("2026-04-01T12:00:00Z")).await.unwrap();
+    assert_eq!((summary.recorded, summary.duplicates), (7, 0));
+    let retry = store.record_events(&device.id, &batch, at("2026-04-01T12:01:00Z")).await.unwrap();
+    assert_eq!((retry.recorded, retry.duplicates), (0, 7), "stored exactly as sent, so a retry matches");
+
+    let history = store.device_history(&device.id, None, 100).await.unwrap();
+    let stored: Vec<Event> = history.iter().rev().skip(3).map(|stored| stored.event.clone()).collect();
+    assert_eq!(stored, batch.to_vec());
+
+    let state = |u: UpdateId| {
+        let store = store.clone();
+        async move {
+            let rows = store.compliance(&ComplianceQuery::new(u)).await.unwrap();
+            rows.first().map(|row| row.state)
+        }
+    };
+    // Holds, a failed scan and a recovery leave u1 as the rollback left it: needed again.
+    assert_eq!(state(u1).await, Some(ComplianceState::Needed));
+    assert_eq!(state(u2).await, Some(ComplianceState::Failed), "an OS image that failed its boot");
+    assert_eq!(state(u3).await, Some(ComplianceState::NotApplicable), "the product was removed");
+
+    // A rollback without the update it left (not known to the device) changes nothing.
+    let mut anonymous = event(EventKind::RolledBack { reason: RollbackReason::Manual }, u3, "2026-04-01T13:00:00Z");
+    anonymous.update = None;
+    anonymous.product = product();
+    (anonymous.from, anonymous.to) = (Some("2.3.1".into()), Some("2.2".into()));
+    store.record_events(&device.id, &[anonymous], at("2026-04-01T13:00:00Z")).await.unwrap();
+    assert_eq!(state(u3).await, Some(ComplianceState::NotApplicable));
+
+    // The store refuses an event that lacks what its kind needs.
+    let mut incomplete = event(EventKind::Uninstalled, u3, "2026-04-01T14:00:00Z");
+    incomplete.product = product();
+    let error = store.record_events(&device.id, &[incomplete], at("2026-04-01T14:00:00Z")).await.unwrap_err();
+    assert_eq!(error.to_string(), "invalid event: uninstalled needs a from version");
+}
+
+async fn delivery_statistics_are_summed_per_group_once(db: &TestDb) {
+    let store = db.open().await;
+    let lab1 = enrolled(&store, 1, Some("lab")).await;
+    let lab2 = enrolled(&store, 2, Some("lab")).await;
+    let field = enrolled(&store, 3, Some("field")).await;
+    let loose = enrolled(&store, 4, None).await;
+    let _silent = enrolled(&store, 5, Some("lab")).await;
+    let downloaded = |counts: [u64; 6], time: &str| {
+        let mut event = event(EventKind::DownloadSucceeded, update(1), time);
+        event.delivery = Some(Delivery::from_counts(counts));
+        event
+    };
+    let now = at("2026-05-01T00:00:00Z");
+    let first = downloaded([100, 0, 300, 0, 0, 50], "2026-05-01T00:00:00Z");
+    store
+        .record_events(&lab1.id, &[first.clone(), downloaded([10, 20, 0, 30, 40, 0], "2026-05-01T00:01:00Z")], now)
+        .await
+        .unwrap();
+    store.record_events(&lab1.id, &[first], now).await.unwrap();
+    let without = event(EventKind::DownloadSucceeded, update(2), "2026-05-01T00:02:00Z");
+    store
+        .record_events(&lab2.id, &[downloaded([5, 0, 0, 0, 0, 0], "2026-05-01T00:00:00Z"), without], now)
+        .await
+        .unwrap();
+    store.record_events(&field.id, &[downloaded([0, 1000, 0, 0, 0, 0], "2026-05-01T00:00:00Z")], now).await.unwrap();
+    store.record_events(&loose.id, &[downloaded([7, 0, 0, 0, 0, 1], "2026-05-01T00:00:00Z")], now).await.unwrap();
+
+    let groups = store.delivery_by_group().await.unwrap();
+    let summary: Vec<(Option<String>, u64, u64, [u64; 6])> = groups
+        .iter()
+        .map(|g| (g.group.as_ref().map(ToString::to_string), g.devices, g.downloads, g.bytes.counts()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("field".into()), 1, 1, [0, 1000, 0, 0, 0, 0]),
+            (Some("lab".into()), 2, 3, [115, 20, 300, 30, 40, 50]),
+            (None, 1, 1, [7, 0, 0, 0, 0, 1]),
+        ],
+        "the retried event counts once; a download without statistics not at all"
+    );
+    let history = store.device_history(&lab1.id, None, 10).await.unwrap();
+    assert_eq!(history.last().unwrap().event.delivery, Some(Delivery::from_counts([100, 0, 300, 0, 0, 50])));
+}
+
+async fn a_version_3_database_keeps_its_events(db: &TestDb) {
+    let store = db.open().await;
+    let device = enrolled(&store, 1, None).await;
+    let events: Vec<Event> = (0..3)
+        .map(|i| event(EventKind::InstallFailed { code: i }, update(1), &format!("2026-06-01T00:00:0{i}Z")))
+        .collect();
+    store.record_events(&device.id, &events, at("2026-06-01T00:01:00Z")).await.unwrap();
+    let before = store.device_history(&device.id, None, 10).await.unwrap();
+    store.close().await;
+    db.raw(UNDO_MIGRATION_4).await;
+
+    let store = db.open().await;
+    assert_eq!(store.health().await.unwrap().schema_version, SCHEMA_VERSION);
+    assert_eq!(store.device_history(&device.id, None, 10).await.unwrap(), before, "every event and its seq kept");
+    let rows = store.compliance(&ComplianceQuery::new(update(1))).await.unwrap();
+    assert_eq!((rows[0].state, rows[0].error_code), (ComplianceState::Failed, Some(2)));
+    let mut later = event(EventKind::Held, update(1), "2026-06-01T00:02:00Z");
+    later.update = None;
+    later.product = Some("acme-agent".parse().unwrap());
+    store.record_events(&device.id, &[later], at("2026-06-01T00:02:00Z")).await.unwrap();
+    let history = store.device_history(&device.id, None, 10).await.unwrap();
+    assert!(history[0].seq > before[0].seq, "sequence numbers keep growing after the table was rebuilt");
 }

@@ -16,10 +16,11 @@
 //! [`config`] reads the `[service]`, `[tls]`, `[content]` and `[proxy]` sections of a device or relay configuration and
 //! lists the endpoints it contacts (`custody endpoints`); [`proxy`] decides which HTTP CONNECT proxy, if any, a
 //! connection goes through; [`server`] is the rustls HTTPS listener with certificate hot reload and per-route client
-//! certificates.
+//! certificates; [`peer`] is the mutual TLS between devices for peer-to-peer delivery ([`PeerTlsConfig`]).
 
 pub mod client;
 pub mod config;
+pub mod peer;
 pub mod pin;
 pub mod proxy;
 pub mod server;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 
 pub use client::{TlsClientConfig, TlsClientConfigBuilder, plain_http_client};
 pub use config::{Endpoint, TransportConfig};
+pub use peer::{PEER_ALPN, PeerIdentity, PeerTlsConfig, PeerTlsConfigBuilder, PeerVerifier};
 pub use pin::SpkiPin;
 pub use proxy::ProxySettings;
 pub use server::{ClientIdentity, HttpsServer, ServerHandle, ServerStats, ServerTlsFiles};

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use custody_api::admin::{
-    ComplianceReport, CreateEnrollmentToken, CreateToken, CreatedEnrollmentToken, CreatedToken, DeviceDetail,
-    DeviceList, EnrollmentTokenList, Scope, ServiceStatus, StagedList, TokenInfo, TokenList, UpdateComplianceDetail,
-    UpdateDetail, UpdateList,
+    ComplianceReport, CreateEnrollmentToken, CreateToken, CreatedEnrollmentToken, CreatedToken, DeliveryReport,
+    DeviceDetail, DeviceList, DeviceRevoked, EnrollmentTokenList, RevokeDevice, Scope, ServiceStatus, StagedList,
+    TokenInfo, TokenList, UpdateComplianceDetail, UpdateDetail, UpdateList,
 };
 use custody_api::{ErrorBody, routes};
 use custody_tls::{ProxySettings, TransportConfig};
@@ -52,8 +52,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Enrolled devices.
+    /// Enrolled devices; `devices revoke ID` revokes one.
+    #[command(args_conflicts_with_subcommands = true)]
     Devices {
+        #[command(subcommand)]
+        action: Option<DeviceCommand>,
         /// Show one device with its inventory and latest events.
         id: Option<String>,
         /// Devices per page (1 to 1000); every page is fetched.
@@ -86,6 +89,26 @@ enum Command {
     },
     /// Versions and expiry of the published metadata.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where devices' downloads came from, per device group: bytes by source and peering efficiency.
+    Delivery {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum DeviceCommand {
+    /// Revokes a device: the service refuses it from now on, it is nobody's peer, and its certificate goes on the
+    /// device CRL (the HTTPS listener reloads it; devices fetch it from /pki/device-crl.pem). Repeating it is harmless.
+    Revoke {
+        /// The device's id (`custody admin devices` lists them).
+        id: String,
+        /// The CRL's reason.
+        #[arg(long, default_value = "unspecified", value_parser = RevokeDevice::REASONS)]
+        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -279,6 +302,27 @@ async fn command(client: &AdminClient, command: Command) -> anyhow::Result<()> {
             });
             table(&["ID", "REV", "PRODUCT", "VERSION", "CLASS", "RELEASED", "TITLE"], rows);
         }
+        Command::Devices { action: Some(DeviceCommand::Revoke { id, reason, json }), .. } => {
+            let request = RevokeDevice { reason: Some(reason) };
+            let (_, revoked): (_, DeviceRevoked) =
+                client.send(reqwest::Method::POST, &routes::admin_device_revoke(&id), &request).await?;
+            if json {
+                return print_json(&revoked);
+            }
+            let at = revoked.device.revoked_at.map(|at| at.to_string()).unwrap_or_default();
+            println!("revoked device {} ({}) at {at}", revoked.device.id, revoked.device.hostname);
+            match &revoked.certificate {
+                Some(certificate) if certificate.on_crl => {
+                    println!("certificate {} is on the device CRL", certificate.serial)
+                }
+                Some(certificate) => println!(
+                    "certificate {} is not in the CA index (issued by an earlier version): the service refuses it, \
+                     but it is not on the device CRL",
+                    certificate.serial
+                ),
+                None => println!("the device had a token identity; it stopped working"),
+            }
+        }
         Command::Devices { id: Some(id), json, .. } => {
             let detail: DeviceDetail = client.get(&routes::admin_device(&id)).await?;
             if json {
@@ -299,10 +343,20 @@ async fn command(client: &AdminClient, command: Command) -> anyhow::Result<()> {
             }
             for stored in &detail.events {
                 let e = &stored.event;
-                println!("  {} {} {} rev {}", e.time, e.kind.as_str(), e.update.id, e.update.revision);
+                let subject = match (&e.update, &e.product) {
+                    (Some(update), _) => format!(" {} rev {}", update.id, update.revision),
+                    (None, Some(product)) => format!(" {product}"),
+                    (None, None) => String::new(),
+                };
+                let versions = match (&e.from, &e.to) {
+                    (Some(from), Some(to)) => format!(" {from} -> {to}"),
+                    (Some(from), None) => format!(" {from}"),
+                    _ => String::new(),
+                };
+                println!("  {} {}{subject}{versions}", e.time, e.kind.as_str());
             }
         }
-        Command::Devices { id: None, limit, json } => {
+        Command::Devices { action: None, id: None, limit, json } => {
             let mut devices = Vec::new();
             let mut after: Option<uuid::Uuid> = None;
             loop {
@@ -473,6 +527,41 @@ async fn command(client: &AdminClient, command: Command) -> anyhow::Result<()> {
                 ]
             });
             table(&["ROLE", "VERSION", "SIGNED", "MISSING KEYS"], rows);
+        }
+        Command::Delivery { json } => {
+            let report: DeliveryReport = client.get(routes::ADMIN_DELIVERY).await?;
+            if json {
+                return print_json(&report);
+            }
+            let rows = report.groups.iter().map(|g| {
+                let b = &g.bytes;
+                vec![
+                    g.group.clone().unwrap_or_else(|| "(no group)".into()),
+                    g.devices.to_string(),
+                    g.downloads.to_string(),
+                    b.from_http.to_string(),
+                    b.from_cache_server.to_string(),
+                    b.from_lan_peers.to_string(),
+                    b.from_group_peers.to_string(),
+                    b.from_internet_peers.to_string(),
+                    b.to_peers.to_string(),
+                    format!("{:.1} %", g.percent_peer_caching),
+                ]
+            });
+            let headers = [
+                "GROUP",
+                "DEVICES",
+                "DOWNLOADS",
+                "HTTP",
+                "CACHE SERVER",
+                "LAN PEERS",
+                "GROUP PEERS",
+                "INTERNET PEERS",
+                "TO PEERS",
+                "PEERING",
+            ];
+            table(&headers, rows);
+            println!("(bytes; peering: bytes from peers / bytes downloaded)");
         }
         Command::Status { json } => {
             let status: ServiceStatus = client.get(routes::ADMIN_STATUS).await?;

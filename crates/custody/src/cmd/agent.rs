@@ -40,6 +40,24 @@ pub struct Args {
 enum Command {
     /// Run the daemon: schedule, local API, recovery at start (SIGTERM/SIGINT stop it gracefully).
     Run,
+    /// Enroll this device with an enrollment token: a client certificate (written to `[tls] client_cert` and
+    /// `client_key`) or, with `--identity token`, a device token (written to `[agent] device_token_file`).
+    Enroll {
+        /// A file holding the enrollment token (`custody admin enrollment-tokens create`).
+        #[arg(long, value_name = "FILE", required_unless_present = "token_env")]
+        token_file: Option<PathBuf>,
+        /// An environment variable holding the enrollment token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        #[arg(long, value_enum, default_value = "certificate")]
+        identity: IdentityArg,
+        /// The host name the service shows (default: this machine's).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Enroll again, replacing an existing identity.
+        #[arg(long)]
+        force: bool,
+    },
     /// Refresh signed metadata and list the updates this device needs.
     Scan {
         /// Scan one product only.
@@ -81,6 +99,16 @@ enum Command {
         #[command(flatten)]
         target: HoldArgs,
     },
+    /// Remove a product: its destination link and every kept version (not the OS).
+    Uninstall { product: ProductName },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IdentityArg {
+    /// A client certificate from the service's device intermediate (needed for peer-to-peer delivery).
+    Certificate,
+    /// A bearer token.
+    Token,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +140,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(&args.config)?;
     let (name, op) = match args.command {
         Command::Run => return run_daemon(config).await,
+        Command::Enroll { token_file, token_env, identity, hostname, force } => {
+            return enroll(&config, token_file, token_env, identity, hostname, force, args.json).await;
+        }
         Command::Scan { product } => ("scan", Op::Scan { product }),
         Command::List { all } => ("list", Op::List { all }),
         Command::Download { selection } => ("download", Op::Download { selection: selection.into() }),
@@ -121,6 +152,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         Command::Rollback { product } => ("rollback", Op::Rollback { product }),
         Command::Hold { target } => ("hold", Op::Hold { target: target.into() }),
         Command::Unhold { target } => ("unhold", Op::Unhold { target: target.into() }),
+        Command::Uninstall { product } => ("uninstall", Op::Uninstall { product }),
     };
     let progress = Progress::new(!args.json && std::io::stderr().is_terminal());
     let result = match LocalClient::connect(&config.agent.local_api.socket).await? {
@@ -147,6 +179,51 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         print_text(&op, &result);
     }
     Ok(ExitCode::from(code))
+}
+
+/// `custody agent enroll`.
+async fn enroll(
+    config: &AgentConfig,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    identity: IdentityArg,
+    hostname: Option<String>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = match (token_file, token_env) {
+        (Some(file), _) => std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read the enrollment token from {}", file.display()))?,
+        (None, Some(var)) => std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?,
+        (None, None) => anyhow::bail!("give --token-file or --token-env"),
+    };
+    let hostname = match hostname {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .context("cannot read this machine's host name; give --hostname")?,
+    };
+    let identity = match identity {
+        IdentityArg::Certificate => custody_agent::enroll::Identity::Certificate,
+        IdentityArg::Token => custody_agent::enroll::Identity::Token,
+    };
+    let enrolled = custody_agent::enroll::enroll(config, token.trim(), &hostname, identity, force)
+        .await
+        .context("custody agent enroll failed")?;
+    let files: Vec<String> = enrolled.files.iter().map(|f| f.display().to_string()).collect();
+    if json {
+        let result = json!({ "device_id": enrolled.device_id, "files": files, "not_after": enrolled.not_after });
+        println!("{}", json!({ "schema": JSON_SCHEMA, "command": "enroll", "result": result }));
+    } else {
+        println!("enrolled as device {}", enrolled.device_id);
+        for file in &files {
+            println!("  wrote {file}");
+        }
+        if let Some(not_after) = enrolled.not_after {
+            println!("  certificate valid until {not_after}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The daemon, in the foreground.
@@ -291,9 +368,54 @@ fn print_text(op: &Op, result: &Value) {
             if let Some(error) = result["last_error"].as_str() {
                 println!("Last error: {error}");
             }
+            let recovery = &result["last_recovery"];
+            if !recovery.is_null() {
+                println!(
+                    "Last recovery: an interrupted {} of {} {} was {}; in use: {}",
+                    recovery["operation"].as_str().unwrap_or("?"),
+                    recovery["product"].as_str().unwrap_or("?"),
+                    recovery["version"].as_str().unwrap_or("?"),
+                    recovery["outcome"]["outcome"].as_str().unwrap_or("?"),
+                    recovery["current"].as_str().unwrap_or("nothing"),
+                );
+            }
+            let delivery = &result["delivery"];
+            if delivery["downloads"].as_u64().is_some_and(|n| n > 0) {
+                println!(
+                    "Downloads: {}, {} (peering {:.1} %)",
+                    delivery["downloads"],
+                    sources(&delivery["bytes"]),
+                    delivery["percent_peer_caching"].as_f64().unwrap_or(0.0)
+                );
+            }
+            for download in result["last_downloads"].as_array().into_iter().flatten() {
+                println!(
+                    "  {}  {} {}  {} (peering {:.1} %)",
+                    download["time"].as_str().unwrap_or("?"),
+                    download["product"].as_str().unwrap_or("?"),
+                    download["version"].as_str().unwrap_or("?"),
+                    sources(&download["delivery"]),
+                    download["percent_peer_caching"].as_f64().unwrap_or(0.0)
+                );
+            }
         }
         _ => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
     }
+}
+
+/// Delivery statistics on one line: bytes by source, and uploaded.
+fn sources(bytes: &Value) -> String {
+    let n = |key: &str| bytes[key].as_u64().unwrap_or(0);
+    format!(
+        "{} bytes over HTTP, {} from the cache server, {} from LAN peers, {} from group peers, {} from internet \
+         peers, {} uploaded to peers",
+        n("from_http"),
+        n("from_cache_server"),
+        n("from_lan_peers"),
+        n("from_group_peers"),
+        n("from_internet_peers"),
+        n("to_peers")
+    )
 }
 
 fn error_text(err: &custody_agent::Error) -> String {

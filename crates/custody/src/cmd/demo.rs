@@ -5,8 +5,8 @@
 //! 2. One update of every kind (`os`, `app`, `driver`, `definitions`, `store-app`), built with custody-install's
 //!    `PackageBuilder` (the OS update is a raw image), published by `custody publish` child processes that sign with
 //!    the targets key the data directory keeps in `offline-keys/` (a real deployment keeps it offline).
-//! 3. N devices, each with its own state directory under `DATA/devices/<name>`: each enrolls over the pinned device
-//!    API (token identity), then runs `custody agent scan` and `custody agent install` as child processes, which
+//! 3. N devices, each with its own state directory under `DATA/devices/<name>`: each enrolls with `custody agent
+//!    enroll` (a key made on the device, a client certificate from the device intermediate), then runs `custody agent scan` and `custody agent install` as child processes, which
 //!    refresh the signed metadata, download from the content origin, verify, install and report.
 //! 4. A summary of what each device did, and the compliance of every update as the admin API reports it.
 //! 5. The service keeps running, with its addresses and commands to try, until SIGINT or SIGTERM (`--exit`: stop).
@@ -22,12 +22,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use custody_api::admin::ComplianceReport;
-use custody_api::device::{DeviceIdentity, EnrollRequest, EnrollResponse};
-use custody_api::routes;
 use custody_catalog::ArchiveFormat;
 use custody_install::PackageBuilder;
 use custody_server::ServiceConfig;
-use custody_tls::{ProxySettings, TransportConfig};
+use custody_tls::TransportConfig;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -35,9 +33,8 @@ use super::Hint;
 
 /// The file that marks a directory as a demo's (so that a later run may replace it).
 const MARKER: &str = "custody-demo.toml";
-/// The service configuration of the demo: loopback on free ports; devices identified by token (no CSR needed).
-const SERVICE_CONFIG: &str = "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n\
-                              [devices]\nidentity = \"certificate-or-token\"\n";
+/// The service configuration of the demo: loopback on free ports; devices enroll with certificates.
+const SERVICE_CONFIG: &str = "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
 /// os-release of the demo devices, matched by the updates' applicability.
 const OS_RELEASE: &str = "ID=custody-demo\nVERSION_ID=\"1.0\"\nNAME=\"custody demo device\"\n";
 /// The hardware id every demo device reports and the driver update requires.
@@ -192,13 +189,12 @@ async fn demo(
     let created = output_json(custody(exe, data, create), "creating an enrollment token").await?;
     let enrollment_token = created["token"].as_str().context("the enrollment token answer has no token")?.to_owned();
 
-    let transport = TransportConfig::load(client_config)?;
-    let https = transport.tls_client()?.http_client(&ProxySettings::direct())?;
     let mut tasks = Vec::new();
     for name in &names {
         let device_dir = data.join("devices").join(name);
-        let device_id = enroll(&https, &running.https_url, &enrollment_token, name, &device_dir).await?;
+        std::fs::create_dir_all(&device_dir).with_context(|| format!("cannot create {}", device_dir.display()))?;
         write_agent_config(&device_dir, name, client_config, data)?;
+        let device_id = enroll(exe, &device_dir, name, &enrollment_token).await?;
         let (exe, device_dir, name) = (exe.to_owned(), device_dir.clone(), name.clone());
         eprintln!("  {name}: enrolled as {device_id}; scanning and installing");
         tasks.push(tokio::task::spawn_blocking(move || run_device(&exe, &device_dir, &name, device_id)));
@@ -392,42 +388,17 @@ fn targets_key(data: &Path) -> anyhow::Result<PathBuf> {
     bail!("no targets key in {}", dir.display())
 }
 
-/// Enrolls a device over the pinned device API with the enrollment token, and keeps its device token.
-async fn enroll(
-    https: &reqwest::Client,
-    service: &str,
-    enrollment_token: &str,
-    name: &str,
-    device_dir: &Path,
-) -> anyhow::Result<uuid::Uuid> {
-    std::fs::create_dir_all(device_dir).with_context(|| format!("cannot create {}", device_dir.display()))?;
-    let mut random = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no random bytes for an enrollment id"))?;
-    let request = EnrollRequest {
-        enrollment_id: uuid::Builder::from_random_bytes(random).into_uuid(),
-        hostname: name.to_owned(),
-        csr: None,
-    };
-    let url = format!("{}{}", service.trim_end_matches('/'), routes::DEVICE_ENROLL);
-    let response = https
-        .post(&url)
-        .bearer_auth(enrollment_token)
-        .json(&request)
-        .send()
-        .await
-        .with_context(|| format!("{name}: cannot reach {url}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        bail!("{name}: enrollment answered HTTP {status}: {}", response.text().await.unwrap_or_default());
-    }
-    let enrolled: EnrollResponse =
-        response.json().await.with_context(|| format!("{name}: the enrollment answer is not JSON"))?;
-    let DeviceIdentity::Token { token } = enrolled.identity else {
-        bail!("{name}: the service issued a certificate although the device sent no CSR");
-    };
-    let token_file = device_dir.join("device-token");
-    std::fs::write(&token_file, token).with_context(|| format!("cannot write {}", token_file.display()))?;
-    Ok(enrolled.device_id)
+/// `custody agent enroll` on the device's configuration: a key made on the device, a certificate from the service's
+/// device intermediate (the identity peers of the fleet accept each other by).
+async fn enroll(exe: &Path, device_dir: &Path, name: &str, enrollment_token: &str) -> anyhow::Result<uuid::Uuid> {
+    let mut command = Command::new(exe);
+    command
+        .args(["agent", "enroll", "--json", "--token-env", "CUSTODY_ENROLLMENT_TOKEN", "--hostname", name, "--config"])
+        .arg(device_dir.join("agent.toml"))
+        .env("CUSTODY_ENROLLMENT_TOKEN", enrollment_token);
+    let enrolled = output_json(command, &format!("{name}: enrolling")).await?;
+    let id = enrolled["result"]["device_id"].as_str().context("the enrollment answer has no device id")?;
+    id.parse().with_context(|| format!("{name}: the enrollment answer's device id {id:?}"))
 }
 
 /// The device's configuration (docs/configuration.md, "Agent"): the service's client configuration with absolute
@@ -436,7 +407,11 @@ fn write_agent_config(device_dir: &Path, name: &str, client_config: &Path, data:
     let text =
         std::fs::read_to_string(client_config).with_context(|| format!("cannot read {}", client_config.display()))?;
     let pki = format!("\"{}/pki/", data.display());
-    let transport = text.replace("\"../pki/", &pki);
+    let transport = text.replace("\"../pki/", &pki).replacen(
+        "[tls]\n",
+        "[tls]\nclient_cert = \"device-chain.pem\"\nclient_key = \"device-key.pem\"\n",
+        1,
+    );
     std::fs::write(device_dir.join("os-release"), OS_RELEASE)?;
     let arch = match std::env::consts::ARCH.parse::<custody_catalog::Arch>() {
         Ok(arch) => format!("arch = \"{arch}\"\n"),
@@ -454,7 +429,7 @@ fn write_agent_config(device_dir: &Path, name: &str, client_config: &Path, data:
         "# custody demo device {name} (docs/configuration.md, \"Agent\")\n{transport}\n\
          [proxy]\nfrom_environment = false\n\n\
          [agent]\nstate_dir = \"state\"\ntrusted_root = \"{root}\"\norigin_url = \"{origin}/targets/\"\n\
-         device_token_file = \"device-token\"\nproducts = [{products}]\nos_release = \"os-release\"\n{arch}\
+         products = [{products}]\nos_release = \"os-release\"\n{arch}\
          hardware_ids = [\"{HARDWARE_ID}\"]\ntime_zone = \"UTC\"\n\n\
          [agent.local_api]\nsocket = \"agent.sock\"\n\n\
          [policy]\ndefault = \"auto\"\n",

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Slot, fs};
+use crate::{Error, Operation, Slot, UpdateKey, fs};
 
 /// How far an install got. Ordered: each phase is written before the step it names starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -23,7 +23,9 @@ pub(crate) enum Phase {
     Done,
 }
 
-/// The operation in progress.
+/// The operation in progress. `update` names the update of the version the operation concerns (the signed
+/// catalog entry's id and revision), so that recovery can say which update it finished or undid; journals written
+/// before it existed have none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operation", rename_all = "kebab-case")]
 pub(crate) enum Journal {
@@ -39,15 +41,56 @@ pub(crate) enum Journal {
         keep: u32,
         artifact: PathBuf,
         phase: Phase,
+        #[serde(default)]
+        update: Option<UpdateKey>,
     },
     /// Writing an OS image to `slot` and making it the active slot. Undone unless `Done`.
-    OsInstall { product: String, version: String, slot: Slot, previous: Option<Slot>, artifact: PathBuf, phase: Phase },
+    OsInstall {
+        product: String,
+        version: String,
+        slot: Slot,
+        previous: Option<Slot>,
+        artifact: PathBuf,
+        phase: Phase,
+        #[serde(default)]
+        update: Option<UpdateKey>,
+    },
     /// Going back from version `from` to `to`. Completed by recovery.
-    Rollback { product: String, from: String, to: String },
-    /// Switching the active OS slot back. Completed by recovery.
-    OsRollback { product: String, from: Slot, to: Slot },
+    Rollback {
+        product: String,
+        from: String,
+        to: String,
+        #[serde(default)]
+        update: Option<UpdateKey>,
+    },
+    /// Switching the active OS slot back. Completed by recovery. `boot_failure` says why the image of `from` was
+    /// given up after a reboot (absent: a rollback on request).
+    OsRollback {
+        product: String,
+        from: Slot,
+        to: Slot,
+        #[serde(default)]
+        update: Option<UpdateKey>,
+        #[serde(default)]
+        boot_failure: Option<String>,
+    },
     /// Removing `version` (the current one) of a product, and its destination link. Completed by recovery.
-    Uninstall { product: String, version: String, destination: Option<String> },
+    Uninstall {
+        product: String,
+        version: String,
+        destination: Option<String>,
+        #[serde(default)]
+        update: Option<UpdateKey>,
+    },
+    /// Confirming the OS image `version` in `slot` after it booted and passed its check: it stands. Completed by
+    /// recovery.
+    OsConfirm {
+        product: String,
+        version: String,
+        slot: Slot,
+        #[serde(default)]
+        update: Option<UpdateKey>,
+    },
 }
 
 impl Journal {
@@ -57,17 +100,31 @@ impl Journal {
             | Self::OsInstall { product, .. }
             | Self::Rollback { product, .. }
             | Self::OsRollback { product, .. }
-            | Self::Uninstall { product, .. } => product,
+            | Self::Uninstall { product, .. }
+            | Self::OsConfirm { product, .. } => product,
         }
     }
 
-    pub(crate) fn operation(&self) -> &'static str {
+    pub(crate) fn operation(&self) -> Operation {
         match self {
-            Self::Install { .. } => "install",
-            Self::OsInstall { .. } => "OS install",
-            Self::Rollback { .. } => "rollback",
-            Self::OsRollback { .. } => "OS rollback",
-            Self::Uninstall { .. } => "uninstall",
+            Self::Install { .. } => Operation::Install,
+            Self::OsInstall { .. } => Operation::OsInstall,
+            Self::Rollback { .. } => Operation::Rollback,
+            Self::OsRollback { .. } => Operation::OsRollback,
+            Self::Uninstall { .. } => Operation::Uninstall,
+            Self::OsConfirm { .. } => Operation::OsConfirm,
+        }
+    }
+
+    /// The update of the version the operation concerns, if the journal names it.
+    pub(crate) fn update(&self) -> Option<UpdateKey> {
+        match self {
+            Self::Install { update, .. }
+            | Self::OsInstall { update, .. }
+            | Self::Rollback { update, .. }
+            | Self::OsRollback { update, .. }
+            | Self::Uninstall { update, .. }
+            | Self::OsConfirm { update, .. } => *update,
         }
     }
 
@@ -123,6 +180,7 @@ mod tests {
             keep: 2,
             artifact: "/var/lib/x.download".into(),
             phase: Phase::Staging,
+            update: None,
         };
         journal.write(&path).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), Some(journal.clone()));
@@ -131,6 +189,11 @@ mod tests {
         assert!(Phase::Staged < Phase::Switching && Phase::Switched < Phase::Done);
         Journal::clear(&path).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), None);
+
+        // A journal written before `update` existed still reads.
+        let older = br#"{"operation":"rollback","product":"acme","from":"2.0","to":"1.0"}"#;
+        std::fs::write(&path, older).unwrap();
+        assert!(matches!(Journal::read(&path).unwrap(), Some(Journal::Rollback { update: None, .. })));
 
         std::fs::write(&path, b"{\"operation\":\"format-disk\"}").unwrap();
         assert!(matches!(Journal::read(&path), Err(Error::CorruptState { .. })));

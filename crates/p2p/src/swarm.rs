@@ -1,0 +1,1224 @@
+//! The scheduler of one download: which piece to ask whom for, and what to make of what arrives.
+//!
+//! The caller (the I/O layer) owns the connections and HTTP clients, assigns each peer connection a [`PeerId`]
+//! (stable per device for this content, so that a ban outlives the connection), and tells the [`Swarm`] what
+//! happens; the swarm answers with piece indexes to request and [`Action`]s to carry out. Rules:
+//!
+//! - **Every piece is verified** against the piece layer, itself checked against the signed root
+//!   ([`crate::layer::verify_layer`]), before it counts: [`Swarm::piece_received`] returns [`Received::Verified`]
+//!   only then, and only then does the caller write it, announce it with `Have` and count it.
+//! - **Rarest first**: peers are asked for the missing pieces fewest connected peers have, ties broken by a random
+//!   order fixed per download (seeded by [`SwarmConfig::seed`]), up to [`SwarmConfig::pipeline_depth`] requests in
+//!   flight per peer.
+//! - **HTTP in parallel from the start**: [`Swarm::next_http_request`] hands HTTP the pieces no connected peer has at
+//!   once, and any missing piece once [`SwarmConfig::http_delay`] has passed since the start or no peer has delivered
+//!   a piece for [`SwarmConfig::peer_stall_timeout`].
+//! - **Endgame**: once every missing piece is in flight, idle peers (and HTTP, under the same rule) are asked for
+//!   pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per piece; the first copy that
+//!   verifies wins and the others are cancelled ([`Action::Cancel`], [`Action::CancelHttp`]).
+//! - **Slow or silent peers never stall the download**: a peer that delivers nothing within the request timeout
+//!   ([`SwarmConfig::request_timeout`]) loses its requests to the pool (and to HTTP); after
+//!   [`SwarmConfig::max_timeouts`] such timeouts in a row it is dropped ([`DropReason::TimedOut`]).
+//! - **Bans**: a corrupt piece ([`Received::Corrupt`]), a piece of the wrong length or one never requested
+//!   ([`Received::Unexpected`]) count against the source; at [`SwarmConfig::ban_after`] the peer is banned for this
+//!   content ([`DropReason::Banned`]): its requests go back to the pool, its pieces no longer count, and
+//!   [`Swarm::add_peer`] refuses it again. An HTTP source is banned the same way and gets no more requests.
+//! - **Resume**: [`Swarm::new`] takes the pieces already verified on disk.
+//!
+//! Nothing here reads a clock: every call that depends on time takes `now`, and [`Swarm::next_wakeup`] says when
+//! [`Swarm::poll`] has timeouts to apply.
+
+use core::fmt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use custody_catalog::pieces::PieceHashes;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::bitfield::Bitfield;
+use crate::stats::TransferStats;
+use crate::wire::{self, GoodbyeReason};
+
+/// A peer connection's id, assigned by the I/O layer: the same for the same device within one download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId(pub u64);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// How a peer was found, which decides the statistics it counts in and the download modes that allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerKind {
+    /// On the same LAN (same public address, or a shared subnet, or found by mDNS).
+    Lan,
+    /// In the same group, not on the LAN.
+    Group,
+    /// Anyone else on the internet.
+    Internet,
+    /// A cache server of the device's group.
+    CacheServer,
+}
+
+impl fmt::Display for PeerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lan => "lan",
+            Self::Group => "group",
+            Self::Internet => "internet",
+            Self::CacheServer => "cache-server",
+        })
+    }
+}
+
+/// Where a piece comes from: a peer connection, or one of the caller's HTTP sources (CDN bases, the origin), by its
+/// index in the caller's list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Peer(PeerId),
+    Http(usize),
+}
+
+/// The scheduler's settings. The defaults suit pieces of 256 KiB to 4 MiB on a LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwarmConfig {
+    /// Requests in flight per peer.
+    pub pipeline_depth: usize,
+    /// Requests in flight per cache server.
+    pub cache_server_pipeline_depth: usize,
+    /// A peer with requests in flight must deliver a piece within `max(request_timeout, request_timeout_per_mib ×
+    /// piece MiB)` of its previous delivery (or of the request that found it idle).
+    pub request_timeout: Duration,
+    pub request_timeout_per_mib: Duration,
+    /// Timeouts in a row after which a peer is dropped.
+    pub max_timeouts: u32,
+    /// After this long since the start, HTTP also takes pieces that peers have.
+    pub http_delay: Duration,
+    /// ... and also when no peer has delivered a verified piece for this long.
+    pub peer_stall_timeout: Duration,
+    /// A piece a peer rejected is not asked of that peer again for this long (unless it announces it again).
+    pub reject_backoff: Duration,
+    /// In the endgame, at most this many sources are asked for the same piece at once.
+    pub endgame_max_requests: usize,
+    /// Bad pieces (corrupt, wrong length, never requested) after which a source is banned for this content.
+    pub ban_after: u32,
+    /// Seeds the random order among equally rare pieces; the caller passes a random value, so that devices
+    /// starting together fetch different pieces from HTTP and then exchange them.
+    pub seed: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            pipeline_depth: 4,
+            cache_server_pipeline_depth: 8,
+            request_timeout: Duration::from_secs(10),
+            request_timeout_per_mib: Duration::from_secs(4),
+            max_timeouts: 2,
+            http_delay: Duration::ZERO,
+            peer_stall_timeout: Duration::from_secs(15),
+            reject_backoff: Duration::from_secs(5),
+            endgame_max_requests: 2,
+            ban_after: 3,
+            seed: 0,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// The time a source has to deliver a piece of `len` bytes.
+    pub fn request_timeout(&self, len: u64) -> Duration {
+        let mib = u32::try_from(len.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        self.request_timeout.max(self.request_timeout_per_mib.saturating_mul(mib)).min(MAX_WAIT)
+    }
+
+    /// Every duration capped at [`MAX_WAIT`], so that adding one to an `Instant` cannot overflow.
+    fn capped(mut self) -> Self {
+        for duration in [
+            &mut self.request_timeout,
+            &mut self.request_timeout_per_mib,
+            &mut self.http_delay,
+            &mut self.peer_stall_timeout,
+            &mut self.reject_backoff,
+        ] {
+            *duration = (*duration).min(MAX_WAIT);
+        }
+        self
+    }
+}
+
+/// The longest wait the scheduler counts with (longer settings mean "practically never"): ten years.
+const MAX_WAIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// What became of a piece handed to [`Swarm::piece_received`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// It verified: write it at its offset, then send `Have` to the peers. Counted in the statistics.
+    Verified,
+    /// It failed verification; it was counted against the source and the piece is back in the pool. `banned`: this
+    /// was the source's last chance ([`Action::Drop`] follows for a peer).
+    Corrupt { banned: bool },
+    /// Never requested from this source, or of the wrong length; counted against the source like a corrupt piece.
+    Unexpected { banned: bool },
+    /// Requested from this source and correct, but the piece was already verified from another (an endgame race, a
+    /// late arrival after a timeout or cancel): dropped, not held against the source.
+    Duplicate,
+}
+
+/// Something the caller must do, from [`Swarm::poll`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `Cancel { piece }` to the peer: another source delivered the piece first.
+    Cancel { peer: PeerId, piece: u32 },
+    /// Abort the HTTP request of this source for the piece (another source delivered it, or it timed out).
+    CancelHttp { source: usize, piece: u32 },
+    /// Close the connection (sending `Goodbye` with [`DropReason::goodbye`]) and call [`Swarm::remove_peer`]. A
+    /// banned peer must not be connected again for this content.
+    Drop { peer: PeerId, reason: DropReason },
+}
+
+/// Why the swarm drops a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// It sent [`SwarmConfig::ban_after`] bad pieces, or the caller banned it ([`Swarm::ban`]).
+    Banned,
+    /// Its requests timed out [`SwarmConfig::max_timeouts`] times in a row.
+    TimedOut,
+}
+
+impl DropReason {
+    /// The reason to send in `Goodbye`.
+    pub fn goodbye(self) -> GoodbyeReason {
+        match self {
+            Self::Banned => GoodbyeReason::Banned,
+            Self::TimedOut => GoodbyeReason::Timeout,
+        }
+    }
+}
+
+/// Counts of what went wrong during a download, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmCounters {
+    /// Pieces that failed verification.
+    pub corrupt_pieces: u64,
+    /// Pieces never requested from their source, or of the wrong length.
+    pub unexpected_pieces: u64,
+    /// Bytes of pieces that arrived after the piece was verified from another source.
+    pub duplicate_bytes: u64,
+    /// Requests that timed out.
+    pub timed_out_requests: u64,
+    /// Peers and HTTP sources banned.
+    pub banned_sources: u64,
+}
+
+/// The scheduler of one download (module documentation).
+#[derive(Debug)]
+pub struct Swarm {
+    hashes: PieceHashes,
+    config: SwarmConfig,
+    have: Bitfield,
+    pieces: Vec<Piece>,
+    /// The random order among equally rare pieces: `rank[piece]`.
+    rank: Vec<u32>,
+    /// Missing pieces with no request in flight, by (availability, rank, piece): rarest first.
+    pool: BTreeSet<(u32, u32, u32)>,
+    /// Missing pieces with at least one request in flight.
+    in_flight: BTreeSet<u32>,
+    peers: BTreeMap<PeerId, Peer>,
+    banned: HashSet<PeerId>,
+    http: Vec<Http>,
+    actions: Vec<Action>,
+    stats: TransferStats,
+    counters: SwarmCounters,
+    start: Instant,
+    last_peer_progress: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Piece {
+    /// Connected peers that have the piece.
+    availability: u32,
+    /// Sources it is requested from now.
+    requests: Vec<Source>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    kind: PeerKind,
+    bitfield: Bitfield,
+    got_bitfield: bool,
+    /// Requests in flight, oldest first.
+    requests: Vec<u32>,
+    /// The last delivery, or the request that found the peer idle: the request timeout runs from here.
+    clock: Instant,
+    /// Pieces requested before and no longer (timed out, cancelled): a late copy is not unsolicited.
+    past: HashSet<u32>,
+    /// Pieces the peer rejected, not asked again before the instant.
+    rejected: HashMap<u32, Instant>,
+    bad: u32,
+    timeouts: u32,
+    /// Banned or timed out: it gets no more requests and counts for nothing; waits for `remove_peer`.
+    dropping: bool,
+}
+
+#[derive(Debug, Default)]
+struct Http {
+    /// Requests in flight and their deadlines.
+    requests: BTreeMap<u32, Instant>,
+    past: HashSet<u32>,
+    bad: u32,
+    banned: bool,
+}
+
+impl Swarm {
+    /// The scheduler for content whose piece layer was verified against the signed root (`hashes`), with the pieces
+    /// already verified on disk (`have`, one bit per piece), started at `now`.
+    pub fn new(hashes: PieceHashes, have: Bitfield, config: SwarmConfig, now: Instant) -> Result<Self, Error> {
+        let count = wire::piece_count(hashes.tree().layout())?;
+        if have.len() != count {
+            return Err(Error::BitfieldCount { expected: count.into(), actual: have.len().into() });
+        }
+        let mut rank: Vec<u32> = (0..count).collect();
+        let mut random = SplitMix64(config.seed);
+        for i in (1..rank.len()).rev() {
+            let j = (random.next() % (i as u64 + 1)) as usize;
+            rank.swap(i, j);
+        }
+        let pool = have.iter_missing().map(|piece| (0, rank[piece as usize], piece)).collect();
+        Ok(Self {
+            hashes,
+            config: config.capped(),
+            have,
+            pieces: (0..count).map(|_| Piece::default()).collect(),
+            rank,
+            pool,
+            in_flight: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            banned: HashSet::new(),
+            http: Vec::new(),
+            actions: Vec::new(),
+            stats: TransferStats::default(),
+            counters: SwarmCounters::default(),
+            start: now,
+            last_peer_progress: now,
+        })
+    }
+
+    /// A new peer connection (after the handshakes). Refused for a banned peer or an id already in use.
+    pub fn add_peer(&mut self, peer: PeerId, kind: PeerKind, now: Instant) -> Result<(), Error> {
+        if self.banned.contains(&peer) {
+            return Err(Error::BannedPeer(peer));
+        }
+        if self.peers.contains_key(&peer) {
+            return Err(Error::DuplicatePeer(peer));
+        }
+        let peer_state = Peer {
+            kind,
+            bitfield: Bitfield::new(self.have.len()),
+            got_bitfield: false,
+            requests: Vec::new(),
+            clock: now,
+            past: HashSet::new(),
+            rejected: HashMap::new(),
+            bad: 0,
+            timeouts: 0,
+            dropping: false,
+        };
+        self.peers.insert(peer, peer_state);
+        Ok(())
+    }
+
+    /// The connection is gone: its requests go back to the pool and its pieces no longer count. A ban stays.
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        self.release_peer(peer);
+        self.peers.remove(&peer);
+    }
+
+    /// The peer's bitfield (once, right after the handshake).
+    pub fn peer_bitfield(&mut self, peer: PeerId, bitfield: Bitfield) -> Result<(), Error> {
+        if bitfield.len() != self.have.len() {
+            return Err(Error::BitfieldCount { expected: self.have.len().into(), actual: bitfield.len().into() });
+        }
+        let state = self.peer_mut(peer)?;
+        if state.got_bitfield {
+            return Err(Error::BitfieldTwice(peer));
+        }
+        state.got_bitfield = true;
+        if state.dropping {
+            return Ok(());
+        }
+        let mut added = Vec::new();
+        for piece in bitfield.iter_set() {
+            // `piece` comes from a bitfield of the same length.
+            if state.bitfield.set(piece).unwrap_or(false) {
+                added.push(piece);
+            }
+        }
+        for piece in added {
+            self.change_availability(piece, true);
+        }
+        Ok(())
+    }
+
+    /// The peer verified one more piece.
+    pub fn peer_have(&mut self, peer: PeerId, piece: u32) -> Result<(), Error> {
+        let count = self.have.len();
+        if piece >= count {
+            return Err(Error::PieceIndex { message: "Have", piece: piece.into(), count: count.into() });
+        }
+        let state = self.peer_mut(peer)?;
+        if state.dropping {
+            return Ok(());
+        }
+        state.rejected.remove(&piece);
+        if state.bitfield.set(piece)? {
+            self.change_availability(piece, true);
+        }
+        Ok(())
+    }
+
+    /// The pieces to request from `peer` now: the rarest missing pieces it has that nobody is fetching, up to its
+    /// pipeline depth; in the endgame, pieces in flight elsewhere. They are marked in flight for this peer.
+    pub fn next_peer_requests(&mut self, peer: PeerId, now: Instant) -> Vec<u32> {
+        let Some(state) = self.peers.get(&peer) else {
+            return Vec::new();
+        };
+        let depth = match state.kind {
+            PeerKind::CacheServer => self.config.cache_server_pipeline_depth,
+            _ => self.config.pipeline_depth,
+        };
+        let room = depth.saturating_sub(state.requests.len());
+        if state.dropping || room == 0 {
+            return Vec::new();
+        }
+        let may_ask =
+            |piece: u32| state.bitfield.get(piece) && state.rejected.get(&piece).is_none_or(|until| *until <= now);
+        // Pieces some peer has start at availability 1; this peer has them only there.
+        let mut picked: Vec<u32> = self
+            .pool
+            .range((1, 0, 0)..)
+            .map(|&(_, _, piece)| piece)
+            .filter(|&piece| may_ask(piece))
+            .take(room)
+            .collect();
+        if picked.len() < room && self.pool.is_empty() {
+            let source = Source::Peer(peer);
+            let mut endgame: Vec<(usize, u32, u32)> = self
+                .in_flight
+                .iter()
+                .map(|&piece| (&self.pieces[piece as usize], piece))
+                .filter(|(state, piece)| {
+                    may_ask(*piece)
+                        && state.requests.len() < self.config.endgame_max_requests
+                        && !state.requests.contains(&source)
+                })
+                .map(|(state, piece)| (state.requests.len(), self.rank[piece as usize], piece))
+                .collect();
+            endgame.sort_unstable();
+            picked.extend(endgame.into_iter().take(room - picked.len()).map(|(_, _, piece)| piece));
+        }
+        for &piece in &picked {
+            self.add_request(piece, Source::Peer(peer));
+        }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            if state.requests.is_empty() {
+                state.clock = now;
+            }
+            state.requests.extend(&picked);
+        }
+        picked
+    }
+
+    /// The next piece for HTTP source `source` (the caller's index), marked in flight for it: a piece no connected
+    /// peer has; any missing piece (rarest first) once the HTTP delay has passed or peers have stalled; in the
+    /// endgame, a piece in flight elsewhere under the same rule. `None` when there is nothing for HTTP now (call
+    /// again after the next event or [`Swarm::next_wakeup`]) or the source is banned.
+    pub fn next_http_request(&mut self, source: usize, now: Instant) -> Option<u32> {
+        if self.http.len() <= source {
+            self.http.resize_with(source + 1, Http::default);
+        }
+        if self.http[source].banned {
+            return None;
+        }
+        let fallback = self.http_fallback(now);
+        let piece = match self.pool.first() {
+            Some(&(availability, _, piece)) => (availability == 0 || fallback).then_some(piece),
+            None => self
+                .in_flight
+                .iter()
+                .map(|&piece| (&self.pieces[piece as usize], piece))
+                .filter(|(state, _)| {
+                    (fallback || state.availability == 0)
+                        && state.requests.len() < self.config.endgame_max_requests
+                        && !state.requests.contains(&Source::Http(source))
+                })
+                .map(|(state, piece)| (state.requests.len(), self.rank[piece as usize], piece))
+                .min()
+                .map(|(_, _, piece)| piece),
+        }?;
+        self.add_request(piece, Source::Http(source));
+        let deadline = now + self.config.request_timeout(self.piece_len(piece));
+        self.http[source].requests.insert(piece, deadline);
+        Some(piece)
+    }
+
+    /// A piece arrived from `from`: verified against the piece layer, then counted (module documentation).
+    pub fn piece_received(&mut self, from: Source, piece: u32, data: &[u8], now: Instant) -> Received {
+        let requested_now = self.pieces.get(piece as usize).is_some_and(|state| state.requests.contains(&from));
+        let requested_before = match from {
+            Source::Peer(peer) => match self.peers.get_mut(&peer) {
+                Some(state) => {
+                    state.clock = now;
+                    state.past.remove(&piece)
+                }
+                // Data from a connection already removed: nothing to count it against.
+                None => return Received::Unexpected { banned: self.banned.contains(&peer) },
+            },
+            Source::Http(source) => self.http.get_mut(source).is_some_and(|state| state.past.remove(&piece)),
+        };
+        if !requested_now && !requested_before {
+            self.counters.unexpected_pieces += 1;
+            return Received::Unexpected { banned: self.strike(from) };
+        }
+        if requested_now {
+            self.remove_request(piece, from);
+        }
+        // A copy of a piece already verified is checked too, so that a bad one still counts against its sender.
+        match self.hashes.verify_piece(piece.into(), data) {
+            Ok(()) if self.have.get(piece) => {
+                self.counters.duplicate_bytes += data.len() as u64;
+                Received::Duplicate
+            }
+            Ok(()) => {
+                self.piece_verified(piece, from, data.len() as u64, now);
+                Received::Verified
+            }
+            Err(custody_catalog::Error::PieceLength { .. }) => {
+                self.counters.unexpected_pieces += 1;
+                Received::Unexpected { banned: self.strike(from) }
+            }
+            Err(_) => {
+                self.counters.corrupt_pieces += 1;
+                Received::Corrupt { banned: self.strike(from) }
+            }
+        }
+    }
+
+    /// A request failed: the peer rejected it (it is not asked for that piece again for
+    /// [`SwarmConfig::reject_backoff`]) or the HTTP request failed. The piece goes back to the pool.
+    pub fn request_failed(&mut self, from: Source, piece: u32, now: Instant) {
+        if !self.pieces.get(piece as usize).is_some_and(|state| state.requests.contains(&from)) {
+            return;
+        }
+        self.remove_request(piece, from);
+        if let Source::Peer(peer) = from
+            && let Some(state) = self.peers.get_mut(&peer)
+        {
+            state.rejected.insert(piece, now + self.config.reject_backoff);
+        }
+    }
+
+    /// Applies timeouts due at `now` and returns what the caller must do: cancels of endgame duplicates, aborted or
+    /// timed-out HTTP requests, peers to drop. Timed-out requests are back in the pool: ask the sources again
+    /// ([`Swarm::next_peer_requests`], [`Swarm::next_http_request`]) after carrying out the actions.
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        let timeout = self.config.request_timeout(u64::from(self.hashes.tree().layout().piece_size().get()));
+        let late: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, state)| !state.dropping && !state.requests.is_empty() && now >= state.clock + timeout)
+            .map(|(&peer, _)| peer)
+            .collect();
+        for peer in late {
+            let Some(state) = self.peers.get_mut(&peer) else { continue };
+            let requests = std::mem::take(&mut state.requests);
+            state.timeouts += 1;
+            state.clock = now;
+            let until = now + self.config.reject_backoff;
+            for &piece in &requests {
+                state.past.insert(piece);
+                state.rejected.insert(piece, until);
+            }
+            let drop = state.timeouts >= self.config.max_timeouts;
+            self.counters.timed_out_requests += requests.len() as u64;
+            for piece in requests {
+                self.remove_request(piece, Source::Peer(peer));
+            }
+            if drop {
+                self.release_peer(peer);
+                self.actions.push(Action::Drop { peer, reason: DropReason::TimedOut });
+            }
+        }
+        for source in 0..self.http.len() {
+            let expired: Vec<u32> =
+                self.http[source].requests.iter().filter(|(_, deadline)| now >= **deadline).map(|(&p, _)| p).collect();
+            for piece in expired {
+                self.counters.timed_out_requests += 1;
+                self.http[source].past.insert(piece);
+                self.remove_request(piece, Source::Http(source));
+                self.actions.push(Action::CancelHttp { source, piece });
+            }
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    /// When, after `now`, [`Swarm::poll`] next has a timeout to apply, or [`Swarm::next_http_request`] starts giving
+    /// HTTP the pieces peers have; `None` when nothing is pending.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.config.request_timeout(u64::from(self.hashes.tree().layout().piece_size().get()));
+        let peers = self.peers.values().filter(|state| !state.dropping && !state.requests.is_empty());
+        let http = self.http.iter().flat_map(|state| state.requests.values().copied());
+        let fallback = match self.is_complete() || self.http_fallback(now) {
+            true => None,
+            false => Some(
+                (self.start + self.config.http_delay).min(self.last_peer_progress + self.config.peer_stall_timeout),
+            ),
+        };
+        peers.map(|state| state.clock + timeout).chain(http).chain(fallback).min()
+    }
+
+    /// Bans a peer for this content at once (for a protocol violation seen by the I/O layer: a wire error, a
+    /// message out of order). Its requests go back to the pool; [`Action::Drop`] follows from [`Swarm::poll`].
+    pub fn ban(&mut self, peer: PeerId) {
+        if self.banned.insert(peer) {
+            self.counters.banned_sources += 1;
+            if self.peers.contains_key(&peer) {
+                self.release_peer(peer);
+                self.actions.push(Action::Drop { peer, reason: DropReason::Banned });
+            }
+        }
+    }
+
+    /// Counts `bytes` sent to peers for this content.
+    pub fn uploaded(&mut self, bytes: u64) {
+        self.stats.record_upload(bytes);
+    }
+
+    /// Every piece is verified; the caller now checks the whole file's SHA-256 before installing.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    /// The pieces verified so far (persist it as the resume sidecar; offer it to peers as the bitfield).
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// The verified piece layer (to answer `LayerRequest` and to serve pieces).
+    pub fn hashes(&self) -> &PieceHashes {
+        &self.hashes
+    }
+
+    pub fn stats(&self) -> &TransferStats {
+        &self.stats
+    }
+
+    pub fn counters(&self) -> &SwarmCounters {
+        &self.counters
+    }
+
+    pub fn is_banned(&self, peer: PeerId) -> bool {
+        self.banned.contains(&peer)
+    }
+
+    /// Whether every missing piece is in flight, so that idle sources duplicate requests.
+    pub fn is_endgame(&self) -> bool {
+        self.pool.is_empty() && !self.in_flight.is_empty()
+    }
+
+    /// The requests in flight to `peer`.
+    pub fn peer_requests(&self, peer: PeerId) -> &[u32] {
+        self.peers.get(&peer).map_or(&[], |state| &state.requests)
+    }
+
+    /// Whether `peer` has any piece this download lacks (else the connection only serves the other side).
+    pub fn wants_from(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|state| !state.dropping && state.bitfield.iter_set().any(|piece| !self.have.get(piece)))
+    }
+
+    /// The length of piece `piece` (the last one may be short).
+    pub fn piece_len(&self, piece: u32) -> u64 {
+        self.hashes.tree().layout().piece_range(piece.into()).map_or(0, |range| range.end - range.start)
+    }
+
+    /// Whether HTTP may take pieces that peers have: the delay has passed, or peers have stalled.
+    fn http_fallback(&self, now: Instant) -> bool {
+        now >= self.start + self.config.http_delay || now >= self.last_peer_progress + self.config.peer_stall_timeout
+    }
+
+    fn piece_verified(&mut self, piece: u32, from: Source, len: u64, now: Instant) {
+        // `piece` is below the piece count: `verify_piece` checked it.
+        let _ = self.have.set(piece);
+        self.pool.remove(&(self.pieces[piece as usize].availability, self.rank[piece as usize], piece));
+        self.in_flight.remove(&piece);
+        for other in std::mem::take(&mut self.pieces[piece as usize].requests) {
+            match other {
+                Source::Peer(peer) => {
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.requests.retain(|&p| p != piece);
+                        state.past.insert(piece);
+                    }
+                    self.actions.push(Action::Cancel { peer, piece });
+                }
+                Source::Http(source) => {
+                    self.http[source].requests.remove(&piece);
+                    self.http[source].past.insert(piece);
+                    self.actions.push(Action::CancelHttp { source, piece });
+                }
+            }
+        }
+        match from {
+            Source::Peer(peer) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.timeouts = 0;
+                    self.stats.record_peer(state.kind, len);
+                }
+                self.last_peer_progress = now;
+            }
+            Source::Http(_) => self.stats.record_http(len),
+        }
+    }
+
+    /// Counts a bad piece against `from`; bans it at `ban_after`. Returns whether it is banned now.
+    fn strike(&mut self, from: Source) -> bool {
+        match from {
+            Source::Peer(peer) => {
+                let Some(state) = self.peers.get_mut(&peer) else { return self.banned.contains(&peer) };
+                state.bad += 1;
+                if state.bad >= self.config.ban_after {
+                    self.ban(peer);
+                }
+                self.banned.contains(&peer)
+            }
+            Source::Http(source) => {
+                let Some(state) = self.http.get_mut(source) else { return false };
+                state.bad += 1;
+                if state.bad >= self.config.ban_after && !state.banned {
+                    state.banned = true;
+                    self.counters.banned_sources += 1;
+                    let requests: Vec<u32> = std::mem::take(&mut state.requests).into_keys().collect();
+                    for piece in requests {
+                        self.remove_request(piece, from);
+                        self.actions.push(Action::CancelHttp { source, piece });
+                    }
+                }
+                self.http[source].banned
+            }
+        }
+    }
+
+    /// Takes a peer out of the schedule (banned, timed out or removed): its requests back to the pool, its pieces
+    /// no longer available.
+    fn release_peer(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        state.dropping = true;
+        let requests = std::mem::take(&mut state.requests);
+        let pieces = std::mem::replace(&mut state.bitfield, Bitfield::new(self.have.len()));
+        for piece in requests {
+            self.remove_request(piece, Source::Peer(peer));
+        }
+        for piece in pieces.iter_set() {
+            self.change_availability(piece, false);
+        }
+    }
+
+    fn peer_mut(&mut self, peer: PeerId) -> Result<&mut Peer, Error> {
+        match self.peers.get_mut(&peer) {
+            Some(state) => Ok(state),
+            None if self.banned.contains(&peer) => Err(Error::BannedPeer(peer)),
+            None => Err(Error::UnknownPeer(peer)),
+        }
+    }
+
+    /// One more (or one fewer) connected peer has `piece`; keeps the pool in rarest-first order.
+    fn change_availability(&mut self, piece: u32, up: bool) {
+        let rank = self.rank[piece as usize];
+        let state = &mut self.pieces[piece as usize];
+        let in_pool = self.pool.remove(&(state.availability, rank, piece));
+        state.availability = match up {
+            true => state.availability + 1,
+            false => state.availability.saturating_sub(1),
+        };
+        if in_pool {
+            self.pool.insert((state.availability, rank, piece));
+        }
+    }
+
+    /// Marks `piece` requested from `source` (the caller updates the source's own list).
+    fn add_request(&mut self, piece: u32, source: Source) {
+        let state = &mut self.pieces[piece as usize];
+        self.pool.remove(&(state.availability, self.rank[piece as usize], piece));
+        state.requests.push(source);
+        self.in_flight.insert(piece);
+    }
+
+    /// Forgets the request of `piece` from `source` (in the piece's and the source's lists); a missing piece with no
+    /// request left goes back to the pool.
+    fn remove_request(&mut self, piece: u32, source: Source) {
+        match source {
+            Source::Peer(peer) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.requests.retain(|&p| p != piece);
+                }
+            }
+            Source::Http(index) => {
+                if let Some(state) = self.http.get_mut(index) {
+                    state.requests.remove(&piece);
+                }
+            }
+        }
+        let state = &mut self.pieces[piece as usize];
+        state.requests.retain(|&s| s != source);
+        if state.requests.is_empty() && !self.have.get(piece) {
+            self.in_flight.remove(&piece);
+            self.pool.insert((state.availability, self.rank[piece as usize], piece));
+        }
+    }
+}
+
+/// A small deterministic generator for the piece order (Steele, Lea and Flood's SplitMix64).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custody_catalog::pieces::PieceSize;
+
+    use super::*;
+
+    const PIECE: usize = 16 * 1024;
+
+    /// Content of `count` pieces (the last one short), its verified hashes, and a start time.
+    fn content(count: usize) -> (Vec<u8>, PieceHashes, Instant) {
+        let data: Vec<u8> = (0..count * PIECE - 100).map(|i| (i * 7 + i / PIECE) as u8).collect();
+        let hashes = PieceHashes::compute(PieceSize::MIN, &data).unwrap();
+        (data, hashes, Instant::now())
+    }
+
+    fn piece(data: &[u8], index: u32) -> &[u8] {
+        let start = index as usize * PIECE;
+        &data[start..(start + PIECE).min(data.len())]
+    }
+
+    fn swarm(count: usize, config: SwarmConfig) -> (Vec<u8>, Swarm, Instant) {
+        let (data, hashes, now) = content(count);
+        let swarm = Swarm::new(hashes, Bitfield::new(count as u32), config, now).unwrap();
+        (data, swarm, now)
+    }
+
+    fn bits(count: u32, pieces: impl IntoIterator<Item = u32>) -> Bitfield {
+        let mut bits = Bitfield::new(count);
+        for piece in pieces {
+            bits.set(piece).unwrap();
+        }
+        bits
+    }
+
+    fn peer_with(swarm: &mut Swarm, id: u64, kind: PeerKind, pieces: impl IntoIterator<Item = u32>, now: Instant) {
+        let count = swarm.have().len();
+        swarm.add_peer(PeerId(id), kind, now).unwrap();
+        swarm.peer_bitfield(PeerId(id), bits(count, pieces)).unwrap();
+    }
+
+    fn sorted(mut pieces: Vec<u32>) -> Vec<u32> {
+        pieces.sort_unstable();
+        pieces
+    }
+
+    const A: PeerId = PeerId(1);
+    const B: PeerId = PeerId(2);
+    const C: PeerId = PeerId(3);
+
+    #[test]
+    fn rarest_pieces_are_requested_first() {
+        let (_, mut swarm, now) = swarm(8, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..8, now);
+        peer_with(&mut swarm, 2, PeerKind::Lan, 0..4, now);
+        peer_with(&mut swarm, 3, PeerKind::Lan, 0..2, now);
+        // Availability: pieces 0-1: 3 peers, 2-3: 2, 4-7: 1 (only A).
+        assert_eq!(sorted(swarm.next_peer_requests(A, now)), vec![4, 5, 6, 7]);
+        let for_b = swarm.next_peer_requests(B, now);
+        assert_eq!(sorted(for_b[..2].to_vec()), vec![2, 3], "rarest first: {for_b:?}");
+        assert_eq!(sorted(for_b[2..].to_vec()), vec![0, 1]);
+        // Every piece is in flight now: the endgame gives C duplicates of what it has.
+        assert!(swarm.is_endgame());
+        assert_eq!(sorted(swarm.next_peer_requests(C, now)), vec![0, 1]);
+
+        // Availability follows Have and departures: after B leaves, its pieces are rarer again.
+        swarm.peer_have(C, 7).unwrap();
+        assert_eq!(swarm.pieces[7].availability, 2);
+        swarm.remove_peer(B);
+        assert_eq!(swarm.peer_requests(B), &[] as &[u32]);
+        assert_eq!(swarm.pieces[2].availability, 1);
+        assert!(swarm.pool.contains(&(1, swarm.rank[2], 2)) && swarm.pool.contains(&(1, swarm.rank[3], 3)));
+        assert!(!swarm.pool.iter().any(|&(_, _, piece)| piece < 2), "0 and 1 are still asked of C");
+    }
+
+    #[test]
+    fn equally_rare_pieces_come_in_an_order_set_by_the_seed() {
+        let order = |seed: u64| {
+            let (_, mut swarm, now) = swarm(64, SwarmConfig { pipeline_depth: 64, seed, ..SwarmConfig::default() });
+            peer_with(&mut swarm, 1, PeerKind::Lan, 0..64, now);
+            swarm.next_peer_requests(A, now)
+        };
+        assert_eq!(order(1), order(1));
+        assert_ne!(order(1), order(2));
+        assert_eq!(sorted(order(3)), (0..64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pipeline_depth_is_kept_per_peer() {
+        let (data, mut swarm, now) = swarm(20, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..20, now);
+        peer_with(&mut swarm, 2, PeerKind::CacheServer, 0..20, now);
+        let first = swarm.next_peer_requests(A, now);
+        assert_eq!(first.len(), 4);
+        assert!(swarm.next_peer_requests(A, now).is_empty(), "the pipeline is full");
+        assert_eq!(swarm.next_peer_requests(B, now).len(), 8, "cache servers get a deeper pipeline");
+        assert_eq!(swarm.piece_received(Source::Peer(A), first[0], piece(&data, first[0]), now), Received::Verified);
+        let next = swarm.next_peer_requests(A, now);
+        assert_eq!(next.len(), 1);
+        assert!(!first.contains(&next[0]));
+        assert_eq!(swarm.peer_requests(A).len(), 4);
+    }
+
+    #[test]
+    fn endgame_duplicates_requests_and_cancels_the_losers() {
+        let (data, mut swarm, now) = swarm(4, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..4, now);
+        peer_with(&mut swarm, 2, PeerKind::Lan, 0..4, now);
+        peer_with(&mut swarm, 3, PeerKind::Lan, 0..4, now);
+        assert!(!swarm.is_endgame());
+        assert_eq!(sorted(swarm.next_peer_requests(A, now)), vec![0, 1, 2, 3]);
+        assert!(swarm.is_endgame());
+        assert_eq!(sorted(swarm.next_peer_requests(B, now)), vec![0, 1, 2, 3], "every piece asked twice");
+        assert!(swarm.next_peer_requests(C, now).is_empty(), "at most endgame_max_requests per piece");
+
+        assert_eq!(swarm.piece_received(Source::Peer(B), 2, piece(&data, 2), now), Received::Verified);
+        assert_eq!(swarm.poll(now), vec![Action::Cancel { peer: A, piece: 2 }]);
+        assert!(!swarm.peer_requests(A).contains(&2));
+        // A's copy, already on its way, is a duplicate, not held against A.
+        assert_eq!(swarm.piece_received(Source::Peer(A), 2, piece(&data, 2), now), Received::Duplicate);
+        assert_eq!(swarm.counters().duplicate_bytes, PIECE as u64);
+        assert_eq!(swarm.peers[&A].bad, 0);
+        // C may now help with what is in flight once only... nothing: every piece left is asked of two peers.
+        assert!(swarm.next_peer_requests(C, now).is_empty());
+        for index in [0, 1, 3] {
+            assert_eq!(swarm.piece_received(Source::Peer(A), index, piece(&data, index), now), Received::Verified);
+        }
+        assert!(swarm.is_complete());
+        let mut cancels = swarm.poll(now);
+        cancels.sort_by_key(|action| format!("{action:?}"));
+        assert_eq!(
+            cancels,
+            vec![
+                Action::Cancel { peer: B, piece: 0 },
+                Action::Cancel { peer: B, piece: 1 },
+                Action::Cancel { peer: B, piece: 3 }
+            ]
+        );
+        assert_eq!(swarm.stats().from_lan_peers, data.len() as u64);
+    }
+
+    #[test]
+    fn a_corrupt_piece_is_requeued_and_counted() {
+        let (data, mut swarm, now) = swarm(4, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, [1], now);
+        peer_with(&mut swarm, 2, PeerKind::Lan, [1], now);
+        assert_eq!(swarm.next_peer_requests(A, now), vec![1]);
+        let mut bad = piece(&data, 1).to_vec();
+        bad[100] ^= 1;
+        assert_eq!(swarm.piece_received(Source::Peer(A), 1, &bad, now), Received::Corrupt { banned: false });
+        assert_eq!(swarm.counters().corrupt_pieces, 1);
+        assert_eq!(swarm.peers[&A].bad, 1);
+        assert!(!swarm.have().get(1) && swarm.stats().total() == 0, "nothing counted");
+        assert_eq!(swarm.next_peer_requests(B, now), vec![1], "fetched again elsewhere");
+        assert_eq!(swarm.piece_received(Source::Peer(B), 1, piece(&data, 1), now), Received::Verified);
+    }
+
+    #[test]
+    fn a_peer_is_banned_after_ban_after_bad_pieces() {
+        let (data, mut swarm, now) = swarm(8, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..8, now);
+        let asked = swarm.next_peer_requests(A, now);
+        let mut bad = piece(&data, asked[0]).to_vec();
+        bad[0] ^= 0xff;
+        assert_eq!(swarm.piece_received(Source::Peer(A), asked[0], &bad, now), Received::Corrupt { banned: false });
+        // A wrong length and an unsolicited piece count the same.
+        let short = &piece(&data, asked[1])[..100];
+        assert_eq!(swarm.piece_received(Source::Peer(A), asked[1], short, now), Received::Unexpected { banned: false });
+        let unasked = (0..8).find(|p| !asked.contains(p)).unwrap();
+        assert_eq!(
+            swarm.piece_received(Source::Peer(A), unasked, piece(&data, unasked), now),
+            Received::Unexpected { banned: true }
+        );
+        assert!(swarm.is_banned(A));
+        assert_eq!(swarm.poll(now), vec![Action::Drop { peer: A, reason: DropReason::Banned }]);
+        assert_eq!(DropReason::Banned.goodbye(), GoodbyeReason::Banned);
+        assert_eq!(swarm.counters().banned_sources, 1);
+        assert!(!swarm.have().get(unasked), "an unsolicited piece is not taken even when it is good");
+        // Its requests are back in the pool and its pieces no longer count: HTTP takes them at once.
+        assert!(swarm.next_peer_requests(A, now).is_empty());
+        let http: Vec<u32> = std::iter::from_fn(|| swarm.next_http_request(0, now)).collect();
+        assert_eq!(sorted(http), (0..8).collect::<Vec<_>>());
+        swarm.remove_peer(A);
+        assert_eq!(swarm.add_peer(A, PeerKind::Lan, now), Err(Error::BannedPeer(A)));
+        assert_eq!(swarm.peer_have(A, 0), Err(Error::BannedPeer(A)));
+        assert!(swarm.is_banned(A));
+
+        // The caller bans at once for protocol violations.
+        peer_with(&mut swarm, 2, PeerKind::Lan, 0..8, now);
+        swarm.ban(B);
+        assert_eq!(swarm.poll(now), vec![Action::Drop { peer: B, reason: DropReason::Banned }]);
+        assert!(swarm.next_peer_requests(B, now).is_empty());
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_its_pieces_go_back_to_the_pool() {
+        let config = SwarmConfig::default();
+        let timeout = config.request_timeout(PIECE as u64);
+        assert_eq!(timeout, Duration::from_secs(10));
+        let (data, mut swarm, now) = swarm(8, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..8, now);
+        peer_with(&mut swarm, 2, PeerKind::Lan, 0..8, now);
+        let silent = swarm.next_peer_requests(A, now);
+        assert_eq!(swarm.next_wakeup(now), Some(now + timeout));
+        assert!(swarm.poll(now + timeout - Duration::from_millis(1)).is_empty());
+        assert_eq!(swarm.peer_requests(A).len(), 4);
+
+        let later = now + timeout;
+        assert!(swarm.poll(later).is_empty(), "first timeout: requests released, peer kept");
+        assert_eq!(swarm.counters().timed_out_requests, 4);
+        assert!(swarm.peer_requests(A).is_empty());
+        let to_b = swarm.next_peer_requests(B, later);
+        assert_eq!(sorted(to_b.clone()), sorted(silent.clone()), "the same (rarest) pieces, now from B");
+        // A's late copy still counts when it arrives first: it was requested.
+        assert_eq!(
+            swarm.piece_received(Source::Peer(A), silent[0], piece(&data, silent[0]), later),
+            Received::Verified
+        );
+        assert_eq!(swarm.poll(later), vec![Action::Cancel { peer: B, piece: silent[0] }]);
+
+        for &index in &to_b[..] {
+            if index != silent[0] {
+                assert_eq!(
+                    swarm.piece_received(Source::Peer(B), index, piece(&data, index), later),
+                    Received::Verified
+                );
+            }
+        }
+        // The delivery reset A's count; two timeouts in a row drop it.
+        let asked = swarm.next_peer_requests(A, later);
+        assert!(!asked.is_empty() && asked.iter().all(|p| !silent.contains(p)), "timed-out pieces are backed off");
+        let t1 = later + timeout;
+        assert!(swarm.poll(t1).is_empty());
+        assert!(swarm.next_peer_requests(A, t1).is_empty(), "everything left is backed off for A");
+        let t2 = t1 + SwarmConfig::default().reject_backoff;
+        assert_eq!(sorted(swarm.next_peer_requests(A, t2)), sorted(asked));
+        assert_eq!(swarm.poll(t2 + timeout), vec![Action::Drop { peer: A, reason: DropReason::TimedOut }]);
+        assert!(swarm.next_peer_requests(A, t2 + timeout).is_empty());
+        assert!(!swarm.is_banned(A), "a slow peer is dropped, not banned");
+        swarm.remove_peer(A);
+        swarm.add_peer(A, PeerKind::Lan, t2 + timeout).unwrap();
+    }
+
+    #[test]
+    fn http_takes_what_no_peer_has_at_once_and_the_rest_after_the_delay() {
+        let config = SwarmConfig {
+            http_delay: Duration::from_secs(60),
+            peer_stall_timeout: Duration::from_secs(30),
+            ..SwarmConfig::default()
+        };
+        let (data, mut swarm, now) = swarm(8, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..4, now);
+        let http: Vec<u32> = std::iter::from_fn(|| swarm.next_http_request(0, now)).collect();
+        assert_eq!(sorted(http.clone()), vec![4, 5, 6, 7], "only pieces no peer has");
+        assert_eq!(swarm.next_http_request(1, now), None);
+        for &index in &http {
+            assert_eq!(swarm.piece_received(Source::Http(0), index, piece(&data, index), now), Received::Verified);
+        }
+        assert_eq!(swarm.stats().from_http, 4 * PIECE as u64 - 100);
+        // A peer delivering keeps HTTP off its pieces until the delay.
+        let t = now + Duration::from_secs(25);
+        let asked = swarm.next_peer_requests(A, t);
+        assert_eq!(swarm.piece_received(Source::Peer(A), asked[0], piece(&data, asked[0]), t), Received::Verified);
+        assert_eq!(swarm.next_http_request(0, now + Duration::from_secs(50)), None, "peers made progress at 25 s");
+        swarm.request_failed(Source::Peer(A), asked[1], t);
+        let after_delay = now + Duration::from_secs(60);
+        assert_eq!(swarm.next_http_request(0, after_delay), Some(asked[1]), "everything after the delay");
+        // In the endgame HTTP doubles what peers have in flight.
+        let endgame: Vec<u32> = std::iter::from_fn(|| swarm.next_http_request(0, after_delay)).collect();
+        assert_eq!(sorted(endgame), sorted(asked[2..].to_vec()));
+    }
+
+    #[test]
+    fn http_takes_everything_when_peers_stall() {
+        let config = SwarmConfig {
+            http_delay: Duration::from_secs(600),
+            peer_stall_timeout: Duration::from_secs(30),
+            ..SwarmConfig::default()
+        };
+        let (_, mut swarm, now) = swarm(4, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..4, now);
+        assert_eq!(swarm.next_http_request(0, now + Duration::from_secs(29)), None);
+        assert_eq!(swarm.next_wakeup(now), Some(now + Duration::from_secs(30)));
+        assert!(swarm.next_http_request(0, now + Duration::from_secs(30)).is_some(), "no peer progress for 30 s");
+    }
+
+    #[test]
+    fn a_download_resumes_from_a_partial_have_bitfield() {
+        let (data, hashes, now) = content(6);
+        let have = bits(6, [0, 2, 5]);
+        let config = SwarmConfig { http_delay: Duration::from_secs(60), ..SwarmConfig::default() };
+        assert_eq!(
+            Swarm::new(hashes.clone(), Bitfield::new(7), SwarmConfig::default(), now).unwrap_err(),
+            Error::BitfieldCount { expected: 6, actual: 7 }
+        );
+        let mut swarm = Swarm::new(hashes, have, config, now).unwrap();
+        assert_eq!(swarm.have().count(), 3);
+        peer_with(&mut swarm, 1, PeerKind::Group, 0..6, now);
+        assert!(swarm.wants_from(A));
+        assert_eq!(sorted(swarm.next_peer_requests(A, now)), vec![1, 3, 4]);
+        assert_eq!(swarm.next_http_request(0, now), None);
+        for index in [1, 3, 4] {
+            assert_eq!(swarm.piece_received(Source::Peer(A), index, piece(&data, index), now), Received::Verified);
+        }
+        assert!(swarm.is_complete() && !swarm.wants_from(A));
+        assert_eq!(swarm.stats().from_group_peers, 3 * PIECE as u64, "only what was fetched now counts");
+        assert_eq!(swarm.next_wakeup(now), None);
+    }
+
+    #[test]
+    fn statistics_count_each_source_kind() {
+        let (data, mut swarm, now) = swarm(5, SwarmConfig::default());
+        let kinds = [PeerKind::Lan, PeerKind::Group, PeerKind::Internet, PeerKind::CacheServer];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            peer_with(&mut swarm, i as u64 + 1, kind, [i as u32], now);
+            assert_eq!(swarm.next_peer_requests(PeerId(i as u64 + 1), now), vec![i as u32]);
+            let index = i as u32;
+            assert_eq!(
+                swarm.piece_received(Source::Peer(PeerId(i as u64 + 1)), index, piece(&data, index), now),
+                Received::Verified
+            );
+        }
+        assert_eq!(swarm.next_http_request(3, now), Some(4));
+        assert_eq!(swarm.piece_received(Source::Http(3), 4, piece(&data, 4), now), Received::Verified);
+        swarm.uploaded(1234);
+        let stats = swarm.stats();
+        let full = PIECE as u64;
+        assert_eq!(
+            *stats,
+            TransferStats {
+                from_http: full - 100,
+                from_cache_server: full,
+                from_lan_peers: full,
+                from_group_peers: full,
+                from_internet_peers: full,
+                to_peers: 1234,
+            }
+        );
+        assert_eq!(stats.total(), data.len() as u64);
+        assert!(swarm.is_complete());
+    }
+
+    #[test]
+    fn rejected_pieces_are_backed_off_per_peer() {
+        let config = SwarmConfig::default();
+        let backoff = config.reject_backoff;
+        let (_, mut swarm, now) = swarm(2, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, [0], now);
+        peer_with(&mut swarm, 2, PeerKind::Lan, [0], now);
+        assert_eq!(swarm.next_peer_requests(A, now), vec![0]);
+        swarm.request_failed(Source::Peer(A), 0, now);
+        swarm.request_failed(Source::Peer(A), 0, now); // a second reject of the same piece changes nothing
+        assert!(swarm.next_peer_requests(A, now).is_empty());
+        assert_eq!(swarm.next_peer_requests(A, now + backoff), vec![0], "asked again after the backoff");
+        swarm.request_failed(Source::Peer(A), 0, now + backoff);
+        swarm.peer_have(A, 0).unwrap();
+        assert_eq!(swarm.next_peer_requests(A, now + backoff), vec![0], "a new Have lifts the backoff");
+        swarm.request_failed(Source::Peer(A), 0, now + backoff);
+        assert_eq!(swarm.next_peer_requests(B, now + backoff), vec![0], "other peers are asked meanwhile");
+    }
+
+    #[test]
+    fn http_sources_fail_and_get_banned_too() {
+        let (data, mut swarm, now) = swarm(6, SwarmConfig::default());
+        let first = swarm.next_http_request(0, now).unwrap();
+        swarm.request_failed(Source::Http(0), first, now);
+        assert_eq!(swarm.next_http_request(1, now), Some(first), "a failed request goes back to the pool");
+        for _ in 0..3 {
+            let index = swarm.next_http_request(0, now).unwrap();
+            let mut bad = piece(&data, index).to_vec();
+            bad[1] ^= 1;
+            swarm.piece_received(Source::Http(0), index, &bad, now);
+        }
+        assert_eq!(swarm.next_http_request(0, now), None, "source 0 is banned");
+        assert_eq!(swarm.counters().banned_sources, 1);
+        // HTTP requests time out like peer requests.
+        let timeout = SwarmConfig::default().request_timeout(PIECE as u64);
+        let actions = swarm.poll(now + timeout);
+        assert_eq!(actions, vec![Action::CancelHttp { source: 1, piece: first }]);
+        assert_eq!(
+            swarm.piece_received(Source::Http(1), first, piece(&data, first), now + timeout),
+            Received::Verified
+        );
+    }
+
+    #[test]
+    fn extreme_settings_and_sources_do_not_panic() {
+        let config = SwarmConfig {
+            http_delay: Duration::MAX,
+            peer_stall_timeout: Duration::MAX,
+            request_timeout: Duration::MAX,
+            request_timeout_per_mib: Duration::MAX,
+            reject_backoff: Duration::MAX,
+            ..SwarmConfig::default()
+        };
+        let (data, mut swarm, now) = swarm(2, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, [0, 1], now);
+        assert_eq!(swarm.next_http_request(0, now), None, "HTTP waits (practically) forever");
+        assert!(swarm.next_wakeup(now).is_some_and(|at| at > now));
+        let asked = swarm.next_peer_requests(A, now);
+        swarm.request_failed(Source::Peer(A), asked[0], now);
+        assert!(swarm.poll(now + Duration::from_secs(3600)).is_empty());
+        assert_eq!(
+            swarm.piece_received(Source::Http(99), 0, piece(&data, 0), now),
+            Received::Unexpected { banned: false }
+        );
+    }
+
+    #[test]
+    fn peer_messages_are_checked() {
+        let (_, mut swarm, now) = swarm(10, SwarmConfig::default());
+        assert_eq!(swarm.peer_bitfield(A, Bitfield::new(10)), Err(Error::UnknownPeer(A)));
+        swarm.add_peer(A, PeerKind::Lan, now).unwrap();
+        assert_eq!(swarm.add_peer(A, PeerKind::Lan, now), Err(Error::DuplicatePeer(A)));
+        assert_eq!(swarm.peer_bitfield(A, Bitfield::new(9)), Err(Error::BitfieldCount { expected: 10, actual: 9 }));
+        swarm.peer_have(A, 3).unwrap();
+        swarm.peer_bitfield(A, bits(10, [1, 3])).unwrap();
+        assert_eq!(swarm.peer_bitfield(A, Bitfield::new(10)), Err(Error::BitfieldTwice(A)));
+        assert_eq!(swarm.peer_have(A, 10), Err(Error::PieceIndex { message: "Have", piece: 10, count: 10 }));
+        assert_eq!(swarm.pieces[3].availability, 1, "a Have before the bitfield is not counted twice");
+        assert_eq!(
+            swarm.piece_received(Source::Peer(A), 10, b"x", now),
+            Received::Unexpected { banned: false },
+            "an index past the end is unexpected"
+        );
+        assert_eq!(swarm.piece_received(Source::Peer(C), 0, b"x", now), Received::Unexpected { banned: false });
+    }
+}
