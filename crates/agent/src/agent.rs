@@ -1155,22 +1155,23 @@ impl Agent {
             };
             Some((s.id, s.revision, result))
         });
+        let mut changed = Vec::new();
+        let mut events = Vec::new();
         for (id, revision, result) in needed.chain(others) {
             let value = format!("{revision}:{}", result.as_str());
             if known.get(&id) == Some(&value) {
                 continue;
             }
-            let event = Event {
+            events.push(Event {
                 update: Some(UpdateRef { id, revision }),
                 result: Some(result),
                 ..new_event(EventType::ScanFinished)
-            };
-            match self.reporter.record(event) {
-                Ok(_) => {
-                    known.insert(id, value);
-                }
-                Err(e) => warn!("cannot queue a scan report: {e}"),
-            }
+            });
+            changed.push((id, value));
+        }
+        match self.reporter.record_all(events) {
+            Ok(_) => known.extend(changed),
+            Err(e) => warn!("cannot queue the scan reports: {e}"),
         }
         if let Err(e) = write_json(&path, &known) {
             warn!("{e}");

@@ -83,19 +83,40 @@ impl Reporter {
         Ok(event)
     }
 
+    /// Queues many events at once (a first scan reports one per update of the catalog's products): each is
+    /// checked as [`Reporter::record`] does, and they are written as queue files of up to `MAX_EVENTS_PER_BATCH`
+    /// events each (a JSON array), so that thousands of events cost a few files, not thousands. Returns how many
+    /// were queued; an invalid event is logged and left out.
+    pub fn record_all(&self, events: Vec<Event>) -> Result<usize, Error> {
+        let mut valid = Vec::with_capacity(events.len());
+        for event in events {
+            match event.validate("event") {
+                Ok(()) => valid.push(event),
+                Err(e) => warn!("a {} report is invalid and is not queued: {e}", event.kind.as_str()),
+            }
+        }
+        for chunk in valid.chunks(MAX_EVENTS_PER_BATCH) {
+            let sequence = self.next_sequence.fetch_add(1, Ordering::SeqCst);
+            write_json(&self.dir.join(format!("{sequence:020}.json")), &chunk)?;
+        }
+        debug!(events = valid.len(), "events queued");
+        Ok(valid.len())
+    }
+
     /// The queued events, oldest first.
     pub fn pending(&self) -> Result<Vec<Event>, Error> {
-        Self::queued_files(&self.dir)?
-            .into_iter()
-            .map(|(_, path)| {
-                read_json::<Event>(&path)?.ok_or_else(|| Error::Corrupt { path, detail: "vanished".into() })
-            })
-            .collect()
+        let mut events = Vec::new();
+        for (_, path) in Self::queued_files(&self.dir)? {
+            let queued =
+                read_json::<Queued>(&path)?.ok_or_else(|| Error::Corrupt { path, detail: "vanished".into() })?;
+            events.extend(queued.into_events());
+        }
+        Ok(events)
     }
 
     /// How many events wait in the queue.
     pub fn queued(&self) -> Result<usize, Error> {
-        Ok(Self::queued_files(&self.dir)?.len())
+        Ok(self.pending()?.len())
     }
 
     /// Sends every queued event, oldest first. Stops at the first batch that cannot be delivered now.
@@ -103,18 +124,28 @@ impl Reporter {
         let mut flushed = Flushed::default();
         let url = format!("{}{}", self.api_url, custody_api::routes::DEVICE_EVENTS.trim_start_matches('/'));
         loop {
-            let files: Vec<(u64, PathBuf)> =
-                Self::queued_files(&self.dir)?.into_iter().take(MAX_EVENTS_PER_BATCH).collect();
+            // Whole queue files, up to a batch's worth of events (a file of many events is a batch by itself).
+            let mut files = Vec::new();
+            let mut events: Vec<Event> = Vec::new();
+            for (sequence, path) in Self::queued_files(&self.dir)? {
+                match read_json::<Queued>(&path) {
+                    Ok(Some(queued)) => {
+                        let queued = queued.into_events();
+                        if !events.is_empty() && events.len() + queued.len() > MAX_EVENTS_PER_BATCH {
+                            break;
+                        }
+                        events.extend(queued);
+                        files.push((sequence, path));
+                    }
+                    // A file that does not parse can never be sent: keep it aside, not in the way.
+                    _ => self.set_aside(&path)?,
+                }
+                if events.len() >= MAX_EVENTS_PER_BATCH {
+                    break;
+                }
+            }
             if files.is_empty() {
                 return Ok(flushed);
-            }
-            let mut events = Vec::with_capacity(files.len());
-            for (_, path) in &files {
-                match read_json::<Event>(path) {
-                    Ok(Some(event)) => events.push(event),
-                    // A file that does not parse can never be sent: keep it aside, not in the way.
-                    _ => self.set_aside(path)?,
-                }
             }
             if events.is_empty() {
                 continue;
@@ -209,6 +240,23 @@ impl Reporter {
     }
 }
 
+/// A queue file: one event ([`Reporter::record`]) or a batch of them ([`Reporter::record_all`]).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Queued {
+    One(Box<Event>),
+    Many(Vec<Event>),
+}
+
+impl Queued {
+    fn into_events(self) -> Vec<Event> {
+        match self {
+            Self::One(event) => vec![*event],
+            Self::Many(events) => events,
+        }
+    }
+}
+
 impl Backoff {
     /// Records a failure and returns how long to wait before the next try; `random` is a uniform draw from [0, 1).
     pub fn failed(&mut self, random: f64) -> Duration {
@@ -285,5 +333,34 @@ mod tests {
         assert!(backoff.failed(0.99).as_secs() <= 3600 * 6 / 5);
         backoff.succeeded();
         assert_eq!(backoff.failed(0.0).as_secs(), 30);
+    }
+
+    #[test]
+    fn many_events_take_few_files_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = custody_tls::plain_http_client(&custody_tls::ProxySettings::direct()).unwrap();
+        let reporter =
+            Reporter::open(dir.path(), client, "http://127.0.0.1:9/".into(), None, Duration::from_secs(1)).unwrap();
+        let mut failed = new_event(EventType::ScanFailed);
+        failed.code = Some(1);
+        let first = reporter.record(failed).unwrap();
+        let scans: Vec<Event> = (0..MAX_EVENTS_PER_BATCH + 10)
+            .map(|i| Event {
+                update: Some(custody_api::device::UpdateRef {
+                    id: custody_catalog::UpdateId::new(uuid::Uuid::from_u128(0x4000_8000_0000_0000_0000 + i as u128))
+                        .unwrap(),
+                    revision: 1,
+                }),
+                result: Some(custody_api::device::ScanResult::NotApplicable),
+                ..new_event(EventType::ScanFinished)
+            })
+            .collect();
+        assert_eq!(reporter.record_all(scans.clone()).unwrap(), scans.len());
+        assert_eq!(Reporter::queued_files(dir.path()).unwrap().len(), 3, "one event, then two batch files");
+        let pending = reporter.pending().unwrap();
+        assert_eq!(pending.len(), scans.len() + 1);
+        assert_eq!(pending[0].id, first.id);
+        let ids: Vec<_> = pending[1..].iter().map(|e| e.id).collect();
+        assert_eq!(ids, scans.iter().map(|e| e.id).collect::<Vec<_>>());
     }
 }
