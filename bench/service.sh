@@ -2,6 +2,7 @@
 # Issue 4 benchmarks: the update service and the agent against nginx, curl and openssl on this machine, in one run.
 #
 #   bench/service.sh            # all four comparisons; prints each table with ratios
+#   bench/service.sh content    # only 1.: the content origin, 1 GiB and 64 KiB
 #
 # 1. content origin, 32 concurrent clients (wrk), 1 GiB and 64 KiB files: custody server vs nginx
 #    (cargo bench -p custody-server --bench service)
@@ -26,13 +27,21 @@ if [ -n "$missing" ]; then
 fi
 
 SERVICE_ARGS=${SERVICE_ARGS:-"--rounds 3 --seconds 8 --scans 10000"}
+ONLY=${1:-all}
+case "$ONLY" in
+    all) ;;
+    content) SERVICE_ARGS="$SERVICE_ARGS --only content" ;;
+    *) echo "usage: bench/service.sh [content]" >&2; exit 2 ;;
+esac
 DOWNLOAD_ARGS=${DOWNLOAD_ARGS:-"--mib 1024 --rounds 3"}
 HASH_ARGS=${HASH_ARGS:-""}
 
 echo "== building (release)"
 cargo bench -p custody-server --bench service --no-run
-cargo bench -p custody-agent --bench download --no-run
-cargo bench -p custody-install --bench hash --no-run
+if [ "$ONLY" = all ]; then
+    cargo bench -p custody-agent --bench download --no-run
+    cargo bench -p custody-install --bench hash --no-run
+fi
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== nginx: $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(openssl version)"
@@ -41,6 +50,8 @@ echo
 echo "== 1+2. content origin and scan load: custody server vs nginx"
 # shellcheck disable=SC2086
 cargo bench -q -p custody-server --bench service -- $SERVICE_ARGS
+
+[ "$ONLY" = all ] || exit 0
 
 echo
 echo "== 3. agent download + verify vs curl -o + openssl dgst -sha256"

@@ -12,11 +12,13 @@
 //! gets on 2 cores), nginx as a child process with a configuration in a temporary directory; both listen on
 //! 127.0.0.1 only and are stopped at the end. The sides alternate for `--rounds` rounds and the best round of each is
 //! kept, so that load from other processes affects both alike; the load average is printed. Server and load
-//! generator share the machine's cores.
+//! generator share the machine's cores. For content, the ratio of each round's pair of runs (seconds apart, so the
+//! least disturbed by other load) and their median are printed too, and the servers' CPU time per MB sent.
 //!
 //! Needs `nginx` and `wrk` (Debian: `apt-get install -y nginx wrk`). Run: `cargo bench -p custody-server --bench
-//! service` (add `-- --rounds R --seconds S --scans N --clients C`; defaults 3, 8, 10000, 32; `--only big|small|scans` runs one
-//! comparison), or `bench/service.sh`.
+//! service` (add `-- --rounds R --seconds S --scans N --clients C`; defaults 3, 8, 10000, 32; `--only
+//! big|small|content|scans` runs one comparison, `content` both sizes), or `bench/service.sh` (`bench/service.sh content`:
+//! the content rows only).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -44,9 +46,12 @@ fn main() {
     };
     let (rounds, seconds, scans) = (arg("--rounds", 3), arg("--seconds", 8), arg("--scans", 10_000));
     let clients = arg("--clients", CONCURRENCY as u64);
-    // `--only big|small|scans`: one comparison (for profiling the service while it runs).
+    // `--only big|small|content|scans`: one comparison (for profiling the service while it runs); `content` is both
+    // sizes.
     let only = args.iter().skip_while(|a| *a != "--only").nth(1).cloned();
-    let runs = |what: &str| only.as_deref().is_none_or(|only| only == what);
+    let runs = |what: &str| {
+        only.as_deref().is_none_or(|only| only == what || (only == "content" && matches!(what, "big" | "small")))
+    };
     for tool in ["nginx", "wrk"] {
         if Command::new(tool).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             eprintln!("{tool} not found: apt-get install -y nginx wrk");
@@ -80,15 +85,38 @@ fn main() {
     };
     println!("load average before: {}", load());
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     let sizes =
         [("big", "content 1 GiB, 32 clients", &big, BIG), ("small", "content 64 KiB, 32 clients", &small, SMALL)];
     for (_, name, file, size) in sizes.into_iter().filter(|(what, ..)| runs(what)) {
         let (mut ours, mut theirs) = (0f64, 0f64);
+        // Server CPU per MB sent (utime + stime of the service process, of nginx's workers): less sensitive than
+        // throughput to what else runs on the machine.
+        let (mut our_cpu, mut their_cpu) = (f64::MAX, f64::MAX);
+        let service_pid = [service.child.id()];
+        let mut paired = Vec::new();
         for _ in 0..rounds {
-            ours = ours.max(wrk(&format!("http://{}/targets/{file}", service.http), seconds, size));
-            theirs = theirs.max(wrk(&format!("http://{}/targets/{file}", nginx.http), seconds, size));
+            let before = cpu_seconds(&service_pid);
+            let our_rate = wrk(&format!("http://{}/targets/{file}", service.http), seconds, size);
+            our_cpu = our_cpu.min((cpu_seconds(&service_pid) - before) / (our_rate * seconds as f64 / 1e6));
+            ours = ours.max(our_rate);
+            let workers = nginx.workers();
+            let before = cpu_seconds(&workers);
+            let rate = wrk(&format!("http://{}/targets/{file}", nginx.http), seconds, size);
+            their_cpu = their_cpu.min((cpu_seconds(&workers) - before) / (rate * seconds as f64 / 1e6));
+            theirs = theirs.max(rate);
+            paired.push(our_rate / rate);
         }
+        // Each round's two runs are seconds apart, so their ratio is the least disturbed by other load.
+        paired.sort_by(f64::total_cmp);
+        let listed: Vec<String> = paired.iter().map(|ratio| format!("{ratio:.2}")).collect();
+        notes.push(format!(
+            "{name}: custody/nginx of each round, sorted: {}; median {:.2}x",
+            listed.join(" "),
+            paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN)
+        ));
         rows.push((name.to_owned(), ours / 1e6, theirs / 1e6, "MB/s"));
+        rows.push(("  server CPU per MB sent (lower is better)".to_owned(), our_cpu * 1e6, their_cpu * 1e6, "µs/MB"));
     }
 
     let client = custody_tls::TransportConfig::load(&data.join("client/custody.toml"))
@@ -129,6 +157,9 @@ fn main() {
     println!("{:<52} {:>10} {:>10} {:>7}  unit", "comparison", "custody", "nginx", "ratio");
     for (name, ours, theirs, unit) in rows {
         println!("{name:<52} {ours:>10.0} {theirs:>10.0} {:>6.2}x  {unit}", ours / theirs);
+    }
+    for note in notes {
+        println!("{note}");
     }
     drop(nginx);
     service.stop();

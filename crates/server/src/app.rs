@@ -54,12 +54,14 @@ pub fn https_router(app: App) -> Router {
         .route(routes::DEVICE_ENROLL, post(device_api::enroll))
         .route(routes::DEVICE_INVENTORY, put(device_api::inventory))
         .route(routes::DEVICE_EVENTS, post(device_api::events))
+        .route(routes::DEVICE_PEERS, post(crate::peers::peers))
         .route(routes::ADMIN_UPDATES, get(admin_api::updates))
         .route("/admin/v1/updates/{id}", get(admin_api::update))
         .route("/admin/v1/updates/{id}/compliance", get(admin_api::update_compliance))
         .route(routes::ADMIN_COMPLIANCE, get(admin_api::compliance))
         .route(routes::ADMIN_DEVICES, get(admin_api::devices))
         .route("/admin/v1/devices/{id}", get(admin_api::device))
+        .route("/admin/v1/devices/{id}/revoke", post(admin_api::revoke_device))
         .route(routes::ADMIN_TOKENS, get(admin_api::tokens).post(admin_api::create_token))
         .route("/admin/v1/tokens/{id}", axum::routing::delete(admin_api::revoke_token))
         .route(
@@ -72,6 +74,7 @@ pub fn https_router(app: App) -> Router {
         .route(routes::ADMIN_STAGED, get(admin_api::staged))
         .route("/admin/v1/staged/{role}", get(admin_api::staged_role))
         .route(routes::ADMIN_STATUS, get(admin_api::status))
+        .route(routes::ADMIN_DELIVERY, get(admin_api::delivery))
         .route(routes::METRICS, get(metrics))
         .with_state(app.clone())
         .merge(metadata)
@@ -90,12 +93,17 @@ pub fn https_router(app: App) -> Router {
         .layer(middleware::from_fn_with_state("https", track))
 }
 
-/// The plain HTTP listener: content, certificates and CRLs.
+/// The plain HTTP listener: content, piece layers, certificates and CRLs.
 pub fn http_router(app: App) -> Router {
+    let origin = Arc::new(crate::origin::Origin {
+        store: app.content.clone(),
+        throttle: crate::throttle::Throttle::new(&app.config.content.rate_limit),
+    });
     let content = Router::new()
         .route("/targets/{*path}", get(crate::origin::targets))
         .route("/content/sha256/{hex}", get(crate::origin::by_sha256))
-        .with_state(app.content.clone());
+        .route("/pieces/sha256/{hex}", get(crate::origin::pieces))
+        .with_state(origin);
     let pki = Router::new().route("/pki/{file}", get(pki_file)).with_state(app.data.pki());
     Router::new()
         .merge(content)

@@ -27,6 +27,8 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub content: ContentConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub init: InitConfig,
@@ -118,7 +120,7 @@ pub struct DevicesConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Open connections on the plain HTTP listener; more wait in the kernel's backlog.
+    /// Open connections on each listener; at the limit it stops accepting, so more wait in the kernel's backlog.
     #[serde(default = "LimitsConfig::default_max_connections")]
     pub max_connections: usize,
     /// Requests handled at once on the HTTPS listener; more get `429`.
@@ -130,15 +132,43 @@ pub struct LimitsConfig {
     /// Deadline of a content upload.
     #[serde(default = "LimitsConfig::default_upload_timeout")]
     pub upload_timeout: Expiry,
-    /// Time a client has to send its request headers (plain HTTP listener).
+    /// Time a client has to send a request's headers, from the connection being ready (after the TLS handshake) or
+    /// from the previous response (both listeners).
     #[serde(default = "LimitsConfig::default_header_timeout")]
     pub header_timeout: Expiry,
+    /// Time a client has to complete the TLS handshake (HTTPS listener).
+    #[serde(default = "LimitsConfig::default_handshake_timeout")]
+    pub handshake_timeout: Expiry,
+    /// A connection with no request in progress is closed this long after its last response (both listeners); at
+    /// most `header_timeout`, which hyper also runs while a connection waits for its next request.
+    #[serde(default = "LimitsConfig::default_keep_alive_timeout")]
+    pub keep_alive_timeout: Expiry,
     /// Largest content upload, in bytes.
     #[serde(default = "LimitsConfig::default_max_upload_bytes")]
     pub max_upload_bytes: u64,
     /// How long shutdown waits for requests in progress.
     #[serde(default = "LimitsConfig::default_shutdown_timeout")]
     pub shutdown_timeout: Expiry,
+}
+
+/// `[content]`: the content origin (plain HTTP listener).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[content.rate_limit]`: bandwidth limits in bytes per second; 0 (the default) is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Each connection (one response at a time on HTTP/1.1).
+    #[serde(default)]
+    pub per_connection: u64,
+    /// All content responses together.
+    #[serde(default)]
+    pub total: u64,
 }
 
 /// `[metrics]`.
@@ -198,6 +228,16 @@ impl ServiceConfig {
         if self.limits.max_connections == 0 || self.limits.max_concurrent_requests == 0 {
             return Err("limits.max_connections and limits.max_concurrent_requests must be at least 1".into());
         }
+        let limits = &self.limits;
+        if limits.keep_alive_timeout.seconds() > limits.header_timeout.seconds() {
+            return Err(format!(
+                "limits.keep_alive_timeout ({}s) cannot be longer than limits.header_timeout ({}s): the header \
+                 timeout also runs while a connection waits for its next request, so it would close idle connections \
+                 first; raise header_timeout too, or lower keep_alive_timeout",
+                limits.keep_alive_timeout.seconds(),
+                limits.header_timeout.seconds()
+            ));
+        }
         if self.devices.certificate_days == 0 {
             return Err("devices.certificate_days must be at least 1".into());
         }
@@ -213,6 +253,18 @@ impl ServiceConfig {
 /// A configured period as a `Duration`.
 pub fn duration(period: Expiry) -> Duration {
     Duration::from_secs(period.seconds())
+}
+
+impl LimitsConfig {
+    /// The bounds on each listener's connections.
+    pub fn connections(&self) -> custody_tls::server::ConnectionLimits {
+        custody_tls::server::ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: duration(self.handshake_timeout),
+            header_timeout: duration(self.header_timeout),
+            keep_alive_timeout: duration(self.keep_alive_timeout),
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -304,6 +356,8 @@ impl Default for LimitsConfig {
             request_timeout: Self::default_request_timeout(),
             upload_timeout: Self::default_upload_timeout(),
             header_timeout: Self::default_header_timeout(),
+            handshake_timeout: Self::default_handshake_timeout(),
+            keep_alive_timeout: Self::default_keep_alive_timeout(),
             max_upload_bytes: Self::default_max_upload_bytes(),
             shutdown_timeout: Self::default_shutdown_timeout(),
         }
@@ -329,6 +383,14 @@ impl LimitsConfig {
 
     fn default_header_timeout() -> Expiry {
         Expiry(10)
+    }
+
+    fn default_handshake_timeout() -> Expiry {
+        Expiry(10)
+    }
+
+    fn default_keep_alive_timeout() -> Expiry {
+        Expiry(5)
     }
 
     fn default_max_upload_bytes() -> u64 {
@@ -365,5 +427,25 @@ mod tests {
         assert!(ServiceConfig::from_toml("[listen]\nhtps = \"x\"\n").unwrap_err().contains("unknown field"));
         assert!(ServiceConfig::from_toml("[repository]\nrefresh_at = 1.5\n").unwrap_err().contains("refresh_at"));
         assert!(ServiceConfig::from_toml("[limits]\nrequest_timeout = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn connection_limits_and_rate_limits() {
+        let defaults = ServiceConfig::from_toml("").unwrap();
+        assert_eq!(defaults.content.rate_limit, RateLimitConfig { per_connection: 0, total: 0 }, "off by default");
+        let connections = defaults.limits.connections();
+        assert_eq!(connections.max_connections, 4096);
+        assert_eq!(connections.keep_alive_timeout, Duration::from_secs(5));
+        let config = ServiceConfig::from_toml(
+            "[limits]\nmax_connections = 2\nheader_timeout = \"2s\"\nkeep_alive_timeout = \"1s\"\n\
+             handshake_timeout = \"3s\"\n[content.rate_limit]\nper_connection = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(config.limits.connections().handshake_timeout, Duration::from_secs(3));
+        assert_eq!(config.content.rate_limit, RateLimitConfig { per_connection: 1 << 20, total: 0 });
+        let err = ServiceConfig::from_toml("[limits]\nkeep_alive_timeout = \"75s\"\n").unwrap_err();
+        assert!(err.contains("keep_alive_timeout (75s) cannot be longer than limits.header_timeout (10s)"), "{err}");
+        assert!(ServiceConfig::from_toml("[limits]\nheader_timeout = \"0s\"\n").is_err(), "periods are at least 1s");
+        assert!(ServiceConfig::from_toml("[content]\nrate = 5\n").unwrap_err().contains("unknown field"));
     }
 }

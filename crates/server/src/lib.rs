@@ -23,12 +23,16 @@ pub mod datadir;
 pub mod device_api;
 pub mod enrollment;
 mod error;
+pub mod events;
 pub mod metadata;
 pub mod origin;
+pub mod peers;
+pub mod pieces;
 pub mod pki;
 pub mod repository;
 pub mod request;
 mod service;
+pub mod throttle;
 
 pub use config::ServiceConfig;
 pub use datadir::DataDir;

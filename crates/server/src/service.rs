@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use custody_api::routes::DEVICE_AUTHENTICATED;
 use custody_store::{DeviceQuery, Store, StoreOptions};
-use custody_tls::server::ClientAuthFiles;
+use custody_tls::server::{
+    ClientAuthFiles, ConnectionEnd, ConnectionEvent, ConnectionSlots, Deadline, EventSink, accept_within, serve_http1,
+};
 use custody_tls::{HttpsServer, ServerHandle, ServerTlsFiles};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -115,6 +116,8 @@ pub async fn start(data_dir: &Path, config: ServiceConfig) -> Result<Running, Er
     let https = HttpsServer::bind(config.listen.https, files)
         .await?
         .reload_interval(duration(config.tls.reload_interval))
+        .limits(config.limits.connections())
+        .on_event(connection_metrics("https"))
         .spawn(TowerToHyperService::new(https_router(app.clone())))?;
     let https_addr = https.local_addr();
 
@@ -193,52 +196,66 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The plain HTTP listener: at most `limits.max_connections` connections (more wait in the backlog), a header
-/// deadline, and a graceful end: on `stop`, no new connections; open ones finish their current response.
+/// The plain HTTP listener, with the same connection bounds as the HTTPS one (`[limits]`), and a graceful end: on
+/// `stop`, no new connections; open ones finish their current response.
 async fn serve_plain(listener: TcpListener, router: axum::Router, config: ServiceConfig, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(config.limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let header_timeout = duration(config.limits.header_timeout);
+    let limits = config.limits.connections();
+    let slots = ConnectionSlots::new(limits.max_connections);
+    let events = connection_metrics("http");
+    let connections = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
+        let (tcp, peer, slot) = tokio::select! {
             _ = stop.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            accepted = accept_within(&listener, &slots, Some(&events)) => accepted,
         };
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+        let (service, stop, events) = (TowerToHyperService::new(router.clone()), stop.clone(), events.clone());
+        connections.spawn(async move {
+            events(ConnectionEvent::Opened);
+            match serve_http1(TokioIo::new(tcp), service, &limits, stop.cancelled_owned()).await {
+                ConnectionEnd::Closed => {}
+                ConnectionEnd::TimedOut(deadline) => {
+                    tracing::debug!(%peer, ?deadline, "connection timed out");
+                    events(ConnectionEvent::TimedOut(deadline));
                 }
-            },
-        };
-        // Responses go out as soon as they are written (as nginx's `tcp_nodelay on`): with Nagle, a response written
-        // in more than one piece waits for the client's delayed ACK (40 ms) on a keep-alive connection.
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
-        let service = TowerToHyperService::new(router.clone());
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-        let connection = builder.serve_connection(TokioIo::new(tcp), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            metrics::gauge!("custody_connections_open", "listener" => "http").increment(1.0);
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+                ConnectionEnd::Failed(err) => tracing::debug!(%peer, error = %err, "connection ended with an error"),
             }
-            metrics::gauge!("custody_connections_open", "listener" => "http").decrement(1.0);
-            drop(permit);
+            events(ConnectionEvent::Closed);
+            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
+}
+
+/// Turns a listener's connection events into metrics: `custody_connections_open` (gauge),
+/// `custody_connections_accepted_total`, `custody_connection_limit_reached_total` (the listener stopped accepting at
+/// `max_connections`; the clients wait in the backlog), `custody_connections_timed_out_total` by `deadline`
+/// (`handshake`, `header`, `keep-alive`), `custody_tls_handshake_failures_total`.
+fn connection_metrics(listener: &'static str) -> EventSink {
+    Arc::new(move |event| match event {
+        ConnectionEvent::Opened => {
+            metrics::gauge!("custody_connections_open", "listener" => listener).increment(1.0);
+            metrics::counter!("custody_connections_accepted_total", "listener" => listener).increment(1);
+        }
+        ConnectionEvent::Closed => metrics::gauge!("custody_connections_open", "listener" => listener).decrement(1.0),
+        ConnectionEvent::LimitReached => {
+            metrics::counter!("custody_connection_limit_reached_total", "listener" => listener).increment(1);
+        }
+        ConnectionEvent::TimedOut(deadline) => {
+            let deadline = match deadline {
+                Deadline::Handshake => "handshake",
+                Deadline::Header => "header",
+                Deadline::KeepAlive => "keep-alive",
+            };
+            metrics::counter!("custody_connections_timed_out_total", "listener" => listener, "deadline" => deadline)
+                .increment(1);
+        }
+        ConnectionEvent::HandshakeFailed => {
+            metrics::counter!("custody_tls_handshake_failures_total", "listener" => listener).increment(1);
+        }
+        _ => {}
+    })
 }
 
 /// Re-signs snapshot and timestamp when due (the first check ran at start).
