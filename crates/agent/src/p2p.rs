@@ -305,6 +305,35 @@ impl P2p {
                 Err(e) => warn!(%content, "peer matching failed (LAN discovery and HTTP go on): {e}"),
             }
         }
+        // Devices that start together see few of each other in their first answer: ask again soon, then less often.
+        let refreshing = match self.matching.clone().filter(|_| self.tls.is_some()) {
+            Some(matching) => {
+                let more = download.candidates();
+                let announcement = self.announcement(content, false);
+                Some(tokio::spawn(async move {
+                    let mut wait = MATCHING_FIRST_REFRESH;
+                    loop {
+                        tokio::time::sleep(wait).await;
+                        let refresh = match matching.peers(&announcement).await {
+                            Ok((found, refresh)) => {
+                                for candidate in found {
+                                    if more.send(candidate).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                refresh
+                            }
+                            Err(e) => {
+                                warn!(%content, "peer matching failed: {e}");
+                                MATCHING_MAX_REFRESH
+                            }
+                        };
+                        wait = (wait * 2).min(refresh).min(MATCHING_MAX_REFRESH);
+                    }
+                }))
+            }
+            None => None,
+        };
         let browsing = match (&*lock(&self.lan), self.tls.is_some() && mode.peers()) {
             (Some(lan), true) => match lan.browse() {
                 Ok(mut browser) => {
@@ -333,7 +362,7 @@ impl P2p {
             _ => None,
         };
         let result = download.run(candidates).await;
-        if let Some(task) = browsing {
+        for task in [browsing, refreshing].into_iter().flatten() {
             task.abort();
         }
         let outcome = result.map_err(|e| Error::Download {
@@ -459,6 +488,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; go on with it.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// During a download, the first new question to the matching service comes this soon, then twice as late each time,
+/// up to the service's `refresh_after_seconds` and [`MATCHING_MAX_REFRESH`].
+const MATCHING_FIRST_REFRESH: Duration = Duration::from_secs(1);
+const MATCHING_MAX_REFRESH: Duration = Duration::from_secs(60);
 
 /// How long the daemon waits between two announcements of its cache.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(300);

@@ -809,14 +809,27 @@ impl State<'_> {
                 }
                 self.swarm.remove_peer(peer);
                 if let Some(report) = self.reports.get_mut(&peer) {
-                    // A peer dropped for timing out never delivered: it is not tried again for this content either.
-                    tracing::warn!(peer = %report.device, addr = %report.addr, ?reason, "peer dropped and banned");
-                    report.banned = true;
-                    report.closed = Some(match reason {
-                        DropReason::Banned => "banned for bad pieces".to_owned(),
-                        DropReason::TimedOut => "banned: its requests timed out".to_owned(),
-                    });
-                    self.banned_devices.insert(report.device.clone());
+                    // A peer that timed out without ever delivering is silent: not tried again for this content. One
+                    // that delivered before is only slow (its upload shared by many): dropped, and welcome again
+                    // when it reconnects or is offered again.
+                    let silent = report.received == 0;
+                    match (reason, silent) {
+                        (DropReason::Banned, _) | (DropReason::TimedOut, true) => {
+                            tracing::warn!(peer = %report.device, addr = %report.addr, ?reason, "peer dropped and banned");
+                            report.banned = true;
+                            report.closed = Some(match reason {
+                                DropReason::Banned => "banned for bad pieces".to_owned(),
+                                DropReason::TimedOut => {
+                                    "banned: its requests timed out and it never delivered".to_owned()
+                                }
+                            });
+                            self.banned_devices.insert(report.device.clone());
+                        }
+                        (DropReason::TimedOut, false) => {
+                            tracing::info!(peer = %report.device, addr = %report.addr, "slow peer dropped");
+                            report.closed = Some("dropped: its requests timed out".to_owned());
+                        }
+                    }
                 }
             }
         }
