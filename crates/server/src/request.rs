@@ -23,16 +23,42 @@ pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body, lim
     parse_json(&bytes)
 }
 
-/// Reads a whole body of at most `limit` bytes (`413` beyond, checked on `Content-Length` first).
+/// A body over its limit is still read and thrown away up to this many bytes in all, so that a client that sent one
+/// finishes writing and reads the `413` instead of a broken pipe (what nginx's lingering close does); a larger one
+/// gets the `413` at once and the connection is closed under it.
+const DISCARD_UP_TO: u64 = 16 << 20;
+
+/// Reads a whole body of at most `limit` bytes (`413` beyond, checked on `Content-Length` first; nothing past the
+/// limit is kept).
 pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
+    let mut body = body;
+    if let Some(length) = declared.filter(|length| *length > limit as u64) {
+        if length <= DISCARD_UP_TO {
+            discard(&mut body, 0).await;
+        }
         return Err(ApiError::too_large(limit as u64));
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit as u64)),
-        Err(err) => Err(ApiError::bad_field(String::new(), format!("reading the body failed: {err}"))),
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| ApiError::bad_field(String::new(), format!("reading the body failed: {err}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if collected.len() + data.len() > limit {
+            discard(&mut body, (collected.len() + data.len()) as u64).await;
+            return Err(ApiError::too_large(limit as u64));
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and drops the rest of `body`, up to [`DISCARD_UP_TO`] bytes counting the `read` ones already read.
+async fn discard(body: &mut Body, mut read: u64) {
+    while read <= DISCARD_UP_TO {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len() as u64),
+            _ => return,
+        }
     }
 }
 
