@@ -212,7 +212,7 @@ http_delay_foreground = "${HTTP_DELAY:-0s}"
 EOF
         SWARM_TOKEN=$token ip netns exec "$NS" "$CUSTODY" agent enroll --token-env SWARM_TOKEN --hostname "bench-$i" \
             --config "$d/agent.toml" >/dev/null
-        ip netns exec "$NS" "$CUSTODY" agent run --config "$d/agent.toml" >/dev/null 2>"$d/daemon.log" &
+        ip netns exec "$NS" "$CUSTODY" --log "${AGENT_LOG:-warn}" agent run --config "$d/agent.toml" >/dev/null 2>"$d/daemon.log" &
         PIDS+=($!); daemons+=($!)
     done
     for i in $(seq 1 "$N"); do
@@ -223,6 +223,7 @@ EOF
     origin_before=$(sent_bytes 11)
     cpu_before=$(cpu_ticks "${daemons[@]}")
     t0=$(date +%s.%N)
+    [ -n "${PERF_HOOK:-}" ] && "$PERF_HOOK" &
     local waiters=()
     for i in $(seq 1 "$N"); do
         ip netns exec "$NS" "$CUSTODY" agent download --json --config "$C/d$i/agent.toml" > "$C/d$i/download.json" &
@@ -253,6 +254,10 @@ EOF
     openssl_cpu=$(echo "scale=3; ($t_end - $t_start)/$hz/($SIZE_MB/1024)" | bc)
     echo "custody: swarm_time=${CUSTODY_T}s ratio=$(echo "scale=2; $CUSTODY_T/$LB" | bc) origin_sent=${CUSTODY_ORIGIN_MIB}MiB ($(echo "scale=2; $origin_sent/1048576/$SIZE_MB" | bc)x F) sha256_ok=$ok"
     echo "custody: agents' CPU per received GiB ${agent_cpu}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; ratio $(echo "scale=2; $agent_cpu/$openssl_cpu" | bc)"
+    if [ -n "${KEEP_LOGS:-}" ]; then   # the daemons' logs, for a closer look (the work directory is removed)
+        mkdir -p "$KEEP_LOGS"
+        for i in $(seq 1 "$N"); do cp "$C/d$i/daemon.log" "$KEEP_LOGS/d$i.log"; done
+    fi
     for w in "${PIDS[@]}"; do kill "$w" 2>/dev/null || true; done
     sleep 1; PIDS=()
 }

@@ -41,7 +41,8 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Resu
     }
     let mut collected = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| ApiError::bad_field(String::new(), format!("reading the body failed: {err}")))?;
+        let frame =
+            frame.map_err(|err| ApiError::bad_field(String::new(), format!("reading the body failed: {err}")))?;
         let Ok(data) = frame.into_data() else { continue };
         if collected.len() + data.len() > limit {
             discard(&mut body, (collected.len() + data.len()) as u64).await;
