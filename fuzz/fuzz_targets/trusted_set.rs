@@ -152,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
                         "dir/b.bin" => "role1",
                         _ => panic!("found {path}, which no fixture lists"),
                     };
-                    assert_eq!(target.role, expected);
+                    assert_eq!(target.role(), expected);
                     break;
                 }
                 Ok(_) | Err(_) => break,
