@@ -146,6 +146,11 @@ impl SqlStore<Sqlite> {
 
     /// WAL lets readers proceed while one writer commits; `synchronous = FULL` syncs the WAL
     /// at every commit, so an acknowledged report survives a power loss.
+    ///
+    /// Several processes may open one new file at once. Switching a fresh database to WAL takes
+    /// an exclusive lock for which SQLite does not always call its busy handler, so such an
+    /// opener can get `SQLITE_BUSY` at once: the whole open is then tried again until the busy
+    /// timeout has passed.
     async fn open_with(connect: SqliteConnectOptions, options: &StoreOptions) -> Result<Self, Error> {
         let connect = connect
             .create_if_missing(true)
@@ -153,14 +158,31 @@ impl SqlStore<Sqlite> {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(options.busy_timeout);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
-            .await?;
-        Self::migrate(pool).await
+        let deadline = std::time::Instant::now() + options.busy_timeout;
+        loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect.clone())
+                    .await?;
+                Self::migrate(pool).await
+            }
+            .await;
+            match opened {
+                Err(Error::Database(sqlx::Error::Database(error)))
+                    if error.code().as_deref() == Some(SQLITE_BUSY) && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
+
+/// SQLite's result code for a database locked by another connection.
+const SQLITE_BUSY: &str = "5";
 
 impl SqlStore<Postgres> {
     /// Connects to `postgres://user[:password]@host[:port]/database[?params]` and migrates the
