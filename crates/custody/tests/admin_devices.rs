@@ -2,9 +2,10 @@
 //! refused by the device API afterwards, its certificate is on the device CRL the service serves, and the listing
 //! shows when it was revoked.
 
-use std::io::{BufRead, BufReader};
+mod service;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 
 use custody_tls::{ProxySettings, TransportConfig};
 use reqwest::StatusCode;
@@ -21,37 +22,8 @@ struct Server {
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config_file = dir.path().join("server.toml");
-        std::fs::write(&config_file, "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_custody"))
-            .args(["--log", "info", "server", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut https, mut http) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let url = line.split_whitespace().next().unwrap_or_default().to_owned();
-            if url.starts_with("https://") {
-                https = Some(url);
-            } else if url.starts_with("http://") {
-                http = Some(url);
-            }
-            if line.contains("client configuration") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        let (Some(https), Some(http)) = (https, http) else {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!("the server did not start: {}", String::from_utf8_lossy(&output.stderr));
-        };
+        let (child, https, http) =
+            service::spawn(dir.path(), "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n");
         Self { child, dir, https, http }
     }
 

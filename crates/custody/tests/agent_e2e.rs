@@ -5,8 +5,9 @@
 //! and report the recovery to the service. The delivery statistics the device reports are summed per group by the
 //! service (`custody admin delivery`) and shown by `custody agent status`.
 
+mod service;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -34,35 +35,11 @@ struct Server {
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("server.toml");
-        let text = "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
-                    [devices]\nidentity = \"certificate-or-token\"\n";
-        std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_custody"))
-            .args(["server", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut https, mut http) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let url = line.split_whitespace().next().unwrap_or_default().to_owned();
-            if url.starts_with("https://") {
-                https = Some(url);
-            } else if url.starts_with("http://") {
-                http = Some(url);
-            }
-            if line.contains("client configuration") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        let (Some(https), Some(http)) = (https, http) else { panic!("the server did not start") };
+        let (child, https, http) = service::spawn(
+            dir.path(),
+            "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\
+             [devices]\nidentity = \"certificate-or-token\"\n",
+        );
         Self { child, dir, https, http }
     }
 

@@ -2,9 +2,10 @@
 //! on an empty data directory, `custody publish`, `custody admin`, a TUF client over pinned HTTPS, content over plain
 //! HTTP, devices enrolling and reporting, metrics, re-signing of the timestamp, and a graceful stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod service;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use custody_client::{HttpFetcher, RoleLimits, Updater, UpdaterConfig};
@@ -47,38 +48,7 @@ struct Server {
 impl Server {
     fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config_file = dir.path().join("server.toml");
-        std::fs::write(&config_file, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_custody"))
-            .args(["--log", "info", "server", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut https, mut http) = (None, None);
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let url = line.split_whitespace().next().unwrap_or_default().to_owned();
-            if url.starts_with("https://") {
-                https = Some(url);
-            } else if url.starts_with("http://") {
-                http = Some(url);
-            }
-            if line.contains("client configuration") {
-                break;
-            }
-        }
-        // Keep draining stdout so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let (Some(https), Some(http)) = (https, http) else {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!("the server did not start: {}", String::from_utf8_lossy(&output.stderr));
-        };
+        let (child, https, http) = service::spawn(dir.path(), config);
         Self { child, dir, https, http }
     }
 

@@ -4,7 +4,8 @@
 //! .28), finding each other through the service's peer matching. All eight download at once; every device ends with
 //! the identical verified file, and most bytes come from peers instead of the origin.
 
-use std::io::{BufRead, BufReader};
+mod service;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -43,39 +44,14 @@ fn succeeded(output: &Output, what: &str) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
 }
 
-/// `custody server` on a fresh data directory; returns the process and the HTTP (content) URL.
+/// `custody server` on a fresh data directory with a bandwidth-limited origin; returns the process and the HTTP
+/// (content) URL.
 fn start_server(dir: &Path) -> (Running, String) {
-    let config = dir.join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[content.rate_limit]\ntotal = {ORIGIN_RATE}\n"
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(exe())
-        .args(["server", "--data"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut http = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let url = line.split_whitespace().next().unwrap_or_default();
-        if url.starts_with("http://") {
-            http = Some(url.trim_end_matches('/').to_owned());
-        }
-        if line.contains("client configuration") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    (Running(child), http.expect("the server printed its content URL"))
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n\n[content.rate_limit]\ntotal = {ORIGIN_RATE}\n"
+    );
+    let (child, _, http) = service::spawn(dir, &config);
+    (Running(child), http.trim_end_matches('/').to_owned())
 }
 
 /// `custody ARGS --config DATA/client/custody.toml` with the admin token.
