@@ -19,6 +19,7 @@
 //! | `max_upload_rate` | 0 = unlimited | `DOMaxUploadBandwidth` |
 //! | `max_foreground_download_rate`, `max_background_download_rate` | 0 = unlimited | `DOMaxForegroundDownloadBandwidth`, `DOMaxBackgroundDownloadBandwidth` |
 //! | `http_delay_foreground`, `http_delay_background` | 0 (HTTP from the start) | `DODelay{Fore,Back}groundDownloadFromHttp` |
+//! | `min_background_qos` | 500 KiB/s | `DOMinBackgroundQos` (custody applies it to foreground downloads too) |
 //! | `min_battery_to_upload` | none: no uploads on battery | `DOMinBatteryPercentageAllowedToUpload` (40–60 % recommended) |
 
 use core::fmt;
@@ -175,11 +176,15 @@ pub struct PeerPolicy {
     /// unlimited.
     pub max_foreground_download_rate: u64,
     pub max_background_download_rate: u64,
-    /// How long HTTP waits before it also takes pieces that peers have (it takes those no peer has at once).
+    /// How long HTTP waits before it also takes other devices' shares of the pieces, and pieces slow peers have (it
+    /// takes its own share of those no peer has at once; custody_p2p::swarm).
     #[serde(with = "friendly_duration")]
     pub http_delay_foreground: Duration,
     #[serde(with = "friendly_duration")]
     pub http_delay_background: Duration,
+    /// Bytes per second below which peers are too slow: after the HTTP delay, HTTP then also takes pieces peers
+    /// have ([`SwarmConfig::min_peer_rate`](crate::SwarmConfig)).
+    pub min_background_qos: u64,
     /// On battery, upload only at or above this charge; none: never upload on battery.
     pub min_battery_to_upload: Option<u8>,
 }
@@ -201,6 +206,7 @@ impl Default for PeerPolicy {
             max_background_download_rate: 0,
             http_delay_foreground: Duration::ZERO,
             http_delay_background: Duration::ZERO,
+            min_background_qos: 500 * 1024,
             min_battery_to_upload: None,
         }
     }
@@ -283,7 +289,7 @@ impl PeerPolicy {
         }
     }
 
-    /// The delay before HTTP also takes pieces peers have, for [`SwarmConfig::http_delay`](crate::SwarmConfig).
+    /// The HTTP delay, for [`SwarmConfig::http_delay`](crate::SwarmConfig).
     pub fn http_delay(&self, foreground: bool) -> Duration {
         match foreground {
             true => self.http_delay_foreground,
@@ -457,6 +463,7 @@ mod tests {
         assert_eq!(policy.monthly_upload_cap, 20 * GIB);
         assert_eq!((policy.max_upload_rate, policy.download_rate(true), policy.download_rate(false)), (0, 0, 0));
         assert_eq!(policy.http_delay(false), Duration::ZERO);
+        assert_eq!(policy.min_background_qos, 500 * 1024);
         assert_eq!(policy.min_battery_to_upload, None);
 
         // The serialised form reads back, and an empty section is the defaults.

@@ -10,10 +10,20 @@
 //! - **Rarest first**: peers are asked for the missing pieces fewest connected peers have, ties broken by a random
 //!   order fixed per download (seeded by [`SwarmConfig::seed`]), up to [`SwarmConfig::pipeline_depth`] requests in
 //!   flight per peer.
-//! - **HTTP in parallel from the start**: [`Swarm::next_http_request`] hands HTTP the pieces no connected peer has at
-//!   once, and any missing piece once [`SwarmConfig::http_delay`] has passed since the start or no peer has delivered
-//!   a piece for [`SwarmConfig::peer_stall_timeout`].
-//! - **Endgame**: once every missing piece is in flight, idle peers (and HTTP, under the same rule) are asked for
+//! - **HTTP in parallel from the start, each piece from the origin about once**: every device of a swarm takes from
+//!   HTTP only its *share* of the pieces no connected peer has, so that the devices starting together fetch disjoint
+//!   pieces from the origin and exchange them ([`Swarm::next_http_request`]). Shares are rendezvous hashing over the
+//!   device keys of the connected peers that are still downloading ([`share_key`], [`Swarm::set_share_key`]): a piece
+//!   belongs to the device whose key, mixed with the piece's hash, weighs most, so every device computes the same
+//!   owner from the same peers, and a peer joining or leaving moves only its own share. A device fetches its share
+//!   heaviest first (the pieces that stay its own whatever other devices it has yet to meet) and, once the
+//!   [`SwarmConfig::http_delay`] has passed, nothing else is left for HTTP, and its peers have had nothing it lacks for
+//!   [`SwarmConfig::peer_rate_window`] (the owners left, or a peer list did not show them), the
+//!   shares of others no peer has, the pieces it is next in line for first and each owner's last pieces first. A
+//!   connected cache server owns every piece: its group's devices leave the origin to it. HTTP takes pieces peers
+//!   have only when the peers are slow: they delivered less than [`SwarmConfig::min_peer_rate`] over
+//!   [`SwarmConfig::peer_rate_window`] (after the delay), or nothing for [`SwarmConfig::peer_stall_timeout`].
+//! - **Endgame**: once every missing piece is in flight, idle peers (and HTTP, under the rules above) are asked for
 //!   pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per piece; the first copy that
 //!   verifies wins and the others are cancelled ([`Action::Cancel`], [`Action::CancelHttp`]).
 //! - **Slow or silent peers never stall the download**: a peer that delivers nothing within the request timeout
@@ -29,7 +39,7 @@
 //! [`Swarm::poll`] has timeouts to apply.
 
 use core::fmt;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use custody_catalog::pieces::PieceHashes;
@@ -96,9 +106,14 @@ pub struct SwarmConfig {
     pub request_timeout_per_mib: Duration,
     /// Timeouts in a row after which a peer is dropped.
     pub max_timeouts: u32,
-    /// After this long since the start, HTTP also takes pieces that peers have.
+    /// Before this long since the start, HTTP takes only this device's share of the pieces no peer has; after it,
+    /// also other devices' shares, and pieces peers have when the peers are slow (module documentation).
     pub http_delay: Duration,
-    /// ... and also when no peer has delivered a verified piece for this long.
+    /// Peers that delivered less than this many bytes per second over `peer_rate_window` are slow: after the HTTP
+    /// delay, HTTP also takes pieces they have.
+    pub min_peer_rate: u64,
+    pub peer_rate_window: Duration,
+    /// When no peer has delivered a verified piece for this long, HTTP takes any missing piece, delay or not.
     pub peer_stall_timeout: Duration,
     /// A piece a peer rejected is not asked of that peer again for this long (unless it announces it again).
     pub reject_backoff: Duration,
@@ -107,8 +122,11 @@ pub struct SwarmConfig {
     /// Bad pieces (corrupt, wrong length, never requested) after which a source is banned for this content.
     pub ban_after: u32,
     /// Seeds the random order among equally rare pieces; the caller passes a random value, so that devices
-    /// starting together fetch different pieces from HTTP and then exchange them.
+    /// starting together ask their peers for different pieces.
     pub seed: u64,
+    /// This device's key in the HTTP shares ([`share_key`] of its device id); `None` for a device without a peer
+    /// identity, whose HTTP order then follows `seed`.
+    pub share_key: Option<u64>,
 }
 
 impl Default for SwarmConfig {
@@ -120,11 +138,14 @@ impl Default for SwarmConfig {
             request_timeout_per_mib: Duration::from_secs(4),
             max_timeouts: 2,
             http_delay: Duration::ZERO,
+            min_peer_rate: 500 * 1024,
+            peer_rate_window: Duration::from_secs(5),
             peer_stall_timeout: Duration::from_secs(15),
             reject_backoff: Duration::from_secs(5),
             endgame_max_requests: 2,
             ban_after: 3,
             seed: 0,
+            share_key: None,
         }
     }
 }
@@ -142,6 +163,7 @@ impl SwarmConfig {
             &mut self.request_timeout,
             &mut self.request_timeout_per_mib,
             &mut self.http_delay,
+            &mut self.peer_rate_window,
             &mut self.peer_stall_timeout,
             &mut self.reject_backoff,
         ] {
@@ -236,6 +258,10 @@ pub struct Swarm {
     counters: SwarmCounters,
     start: Instant,
     last_peer_progress: Instant,
+    /// Verified pieces from peers within the last `peer_rate_window`: (when, bytes).
+    peer_deliveries: VecDeque<(Instant, u64)>,
+    /// Who fetches which piece from HTTP; recomputed when the peers change.
+    shares: Shares,
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +289,24 @@ struct Peer {
     timeouts: u32,
     /// Banned or timed out: it gets no more requests and counts for nothing; waits for `remove_peer`.
     dropping: bool,
+    /// Its key in the HTTP shares, once the I/O layer knows its device id.
+    share_key: Option<u64>,
+}
+
+/// The HTTP shares of the pieces (module documentation), per piece.
+#[derive(Debug, Default)]
+struct Shares {
+    /// The peers changed since the last computation.
+    stale: bool,
+    /// Devices of the swarm counted, this one included.
+    members: usize,
+    /// How many members weigh more than this device for the piece: 0 is this device's share.
+    rank: Vec<u32>,
+    /// This device's weight for the piece, and the owner's.
+    own: Vec<u64>,
+    owner: Vec<u64>,
+    /// The owner is a cache server.
+    cached: Vec<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -305,6 +349,8 @@ impl Swarm {
             counters: SwarmCounters::default(),
             start: now,
             last_peer_progress: now,
+            peer_deliveries: VecDeque::new(),
+            shares: Shares { stale: true, ..Shares::default() },
         })
     }
 
@@ -327,8 +373,18 @@ impl Swarm {
             bad: 0,
             timeouts: 0,
             dropping: false,
+            share_key: None,
         };
         self.peers.insert(peer, peer_state);
+        self.shares.stale |= kind == PeerKind::CacheServer;
+        Ok(())
+    }
+
+    /// The peer's key in the HTTP shares ([`share_key`] of the device id its certificate names): from now on it
+    /// counts among the devices that share the origin's pieces, until it has every piece or leaves.
+    pub fn set_share_key(&mut self, peer: PeerId, key: u64) -> Result<(), Error> {
+        self.peer_mut(peer)?.share_key = Some(key);
+        self.shares.stale = true;
         Ok(())
     }
 
@@ -361,6 +417,7 @@ impl Swarm {
         for piece in added {
             self.change_availability(piece, true);
         }
+        self.shares.stale = true;
         Ok(())
     }
 
@@ -376,6 +433,7 @@ impl Swarm {
         }
         state.rejected.remove(&piece);
         if state.bitfield.set(piece)? {
+            self.shares.stale |= state.bitfield.is_complete();
             self.change_availability(piece, true);
         }
         Ok(())
@@ -433,9 +491,10 @@ impl Swarm {
         picked
     }
 
-    /// The next piece for HTTP source `source` (the caller's index), marked in flight for it: a piece no connected
-    /// peer has; any missing piece (rarest first) once the HTTP delay has passed or peers have stalled; in the
-    /// endgame, a piece in flight elsewhere under the same rule. `None` when there is nothing for HTTP now (call
+    /// The next piece for HTTP source `source` (the caller's index), marked in flight for it, under the rules of the
+    /// module documentation: this device's share of the pieces no peer has; after the HTTP delay, when peers have
+    /// nothing this device lacks, other devices' shares; when peers are slow or stalled, any missing piece. In the
+    /// endgame, a piece in flight elsewhere under the same rules. `None` when there is nothing for HTTP now (call
     /// again after the next event or [`Swarm::next_wakeup`]) or the source is banned.
     pub fn next_http_request(&mut self, source: usize, now: Instant) -> Option<u32> {
         if self.http.len() <= source {
@@ -444,26 +503,58 @@ impl Swarm {
         if self.http[source].banned {
             return None;
         }
-        let fallback = self.http_fallback(now);
-        let piece = match self.pool.first() {
-            Some(&(availability, _, piece)) => (availability == 0 || fallback).then_some(piece),
-            None => self
-                .in_flight
-                .iter()
-                .map(|&piece| (&self.pieces[piece as usize], piece))
-                .filter(|(state, _)| {
-                    (fallback || state.availability == 0)
-                        && state.requests.len() < self.config.endgame_max_requests
-                        && !state.requests.contains(&Source::Http(source))
+        self.update_shares();
+        let after_delay = now >= self.start + self.config.http_delay;
+        let any = now >= self.last_peer_progress + self.config.peer_stall_timeout
+            || (after_delay && self.peers_are_slow(now));
+        // Peers have had nothing this device lacks that is not already asked for, for a while: the owners of the
+        // other pieces are gone, or were not in a peer list.
+        let starving = self.pool.range((1, 0, 0)..).next().is_none()
+            && now >= self.last_peer_progress + self.config.peer_rate_window;
+        let (shares, rank) = (&self.shares, &self.rank);
+        let own = |piece: u32| shares.rank[piece as usize] == 0;
+        let others = |piece: u32| after_delay && starving && !shares.cached[piece as usize];
+        let pick = |candidates: &mut dyn Iterator<Item = (u32, u32)>| -> Option<u32> {
+            // (availability, piece) → the best piece by the rules, as (level, order) with the smallest first.
+            candidates
+                .filter_map(|(availability, piece)| {
+                    let index = piece as usize;
+                    match () {
+                        _ if availability == 0 && own(piece) => Some(((0, u64::MAX - shares.own[index]), piece)),
+                        _ if availability == 0 && others(piece) => {
+                            Some(((1 + u64::from(shares.rank[index]), shares.owner[index]), piece))
+                        }
+                        _ if any => Some(((u64::MAX, u64::from(availability) << 32 | u64::from(rank[index])), piece)),
+                        _ => None,
+                    }
                 })
-                .map(|(state, piece)| (state.requests.len(), self.rank[piece as usize], piece))
                 .min()
-                .map(|(_, _, piece)| piece),
+                .map(|(_, piece)| piece)
+        };
+        let piece = match self.pool.is_empty() {
+            false => pick(&mut self.pool.iter().map(|&(availability, _, piece)| (availability, piece))),
+            true => pick(
+                &mut self
+                    .in_flight
+                    .iter()
+                    .map(|&piece| (&self.pieces[piece as usize], piece))
+                    .filter(|(state, _)| {
+                        state.requests.len() < self.config.endgame_max_requests
+                            && !state.requests.contains(&Source::Http(source))
+                    })
+                    .map(|(state, piece)| (state.availability, piece)),
+            ),
         }?;
         self.add_request(piece, Source::Http(source));
         let deadline = now + self.config.request_timeout(self.piece_len(piece));
         self.http[source].requests.insert(piece, deadline);
         Some(piece)
+    }
+
+    /// How many devices share the origin's pieces now, this one included (1: it takes every piece no peer has).
+    pub fn share_members(&mut self) -> usize {
+        self.update_shares();
+        self.shares.members
     }
 
     /// A piece arrived from `from`: verified against the piece layer, then counted (module documentation).
@@ -566,19 +657,28 @@ impl Swarm {
         std::mem::take(&mut self.actions)
     }
 
-    /// When, after `now`, [`Swarm::poll`] next has a timeout to apply, or [`Swarm::next_http_request`] starts giving
-    /// HTTP the pieces peers have; `None` when nothing is pending.
+    /// When, after `now`, [`Swarm::poll`] next has a timeout to apply, or [`Swarm::next_http_request`] may find
+    /// pieces it did not before (the HTTP delay ends, peers stall, the peers' rate is measured again); `None` when
+    /// nothing is pending.
     pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
         let timeout = self.config.request_timeout(u64::from(self.hashes.tree().layout().piece_size().get()));
         let peers = self.peers.values().filter(|state| !state.dropping && !state.requests.is_empty());
         let http = self.http.iter().flat_map(|state| state.requests.values().copied());
-        let fallback = match self.is_complete() || self.http_fallback(now) {
-            true => None,
-            false => Some(
-                (self.start + self.config.http_delay).min(self.last_peer_progress + self.config.peer_stall_timeout),
-            ),
-        };
-        peers.map(|state| state.clock + timeout).chain(http).chain(fallback).min()
+        let mut rules = Vec::new();
+        if !self.is_complete() {
+            let delay = self.start + self.config.http_delay;
+            let stalled = self.last_peer_progress + self.config.peer_stall_timeout;
+            rules.extend([delay, stalled].into_iter().filter(|&at| at > now));
+            let starving = self.last_peer_progress + self.config.peer_rate_window;
+            if starving > now && self.pool.range((1, 0, 0)..).next().is_none() {
+                rules.push(starving);
+            }
+            // The peers' rate drops as deliveries leave the window: look again at most once a second.
+            if let Some(&(oldest, _)) = self.peer_deliveries.front() {
+                rules.push((oldest + self.config.peer_rate_window).max(now + Duration::from_secs(1)).max(delay));
+            }
+        }
+        peers.map(|state| state.clock + timeout).chain(http).chain(rules).min()
     }
 
     /// Bans a peer for this content at once (for a protocol violation seen by the I/O layer: a wire error, a
@@ -647,9 +747,64 @@ impl Swarm {
         self.hashes.tree().layout().piece_range(piece.into()).map_or(0, |range| range.end - range.start)
     }
 
-    /// Whether HTTP may take pieces that peers have: the delay has passed, or peers have stalled.
-    fn http_fallback(&self, now: Instant) -> bool {
-        now >= self.start + self.config.http_delay || now >= self.last_peer_progress + self.config.peer_stall_timeout
+    /// Whether the peers delivered less than [`SwarmConfig::min_peer_rate`] over the last
+    /// [`SwarmConfig::peer_rate_window`] (never within the first window of the download).
+    fn peers_are_slow(&mut self, now: Instant) -> bool {
+        let window = self.config.peer_rate_window;
+        while self.peer_deliveries.front().is_some_and(|&(at, _)| at + window <= now) {
+            self.peer_deliveries.pop_front();
+        }
+        let bytes: u64 = self.peer_deliveries.iter().map(|&(_, bytes)| bytes).sum();
+        now >= self.start + window && u128::from(bytes) * 1000 < u128::from(self.config.min_peer_rate) * window.as_millis()
+    }
+
+    /// Recomputes the HTTP shares if the peers changed: rendezvous hashing of every piece over this device and the
+    /// connected peers with a share key that are still downloading; a cache server weighs most for every piece.
+    fn update_shares(&mut self) {
+        if !self.shares.stale {
+            return;
+        }
+        let own_key = self.config.share_key.unwrap_or(self.config.seed);
+        let mut members: Vec<Option<u64>> = self
+            .peers
+            .values()
+            .filter(|state| !state.dropping)
+            .filter_map(|state| match (state.kind, state.share_key) {
+                (PeerKind::CacheServer, _) => Some(None),
+                (_, Some(key)) if !state.bitfield.is_complete() => Some(Some(key)),
+                _ => None,
+            })
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let count = self.pieces.len();
+        let shares = &mut self.shares;
+        shares.members = members.len() + 1;
+        shares.rank = vec![0; count];
+        shares.own = vec![0; count];
+        shares.owner = vec![0; count];
+        shares.cached = vec![false; count];
+        for (index, hash) in self.hashes.piece_hashes().iter().enumerate() {
+            let piece = u64::from_be_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
+            let own = (share_weight(piece, own_key), own_key);
+            let mut owner = (own, false);
+            for member in &members {
+                let weight = match member {
+                    None => (u64::MAX, u64::MAX),
+                    Some(key) => (share_weight(piece, *key), *key),
+                };
+                if weight > own {
+                    shares.rank[index] += 1;
+                }
+                if weight > owner.0 {
+                    owner = (weight, member.is_none());
+                }
+            }
+            shares.own[index] = own.0;
+            shares.owner[index] = owner.0.0;
+            shares.cached[index] = owner.1;
+        }
+        shares.stale = false;
     }
 
     fn piece_verified(&mut self, piece: u32, from: Source, len: u64, now: Instant) {
@@ -680,6 +835,7 @@ impl Swarm {
                     self.stats.record_peer(state.kind, len);
                 }
                 self.last_peer_progress = now;
+                self.peer_deliveries.push_back((now, len));
             }
             Source::Http(_) => self.stats.record_http(len),
         }
@@ -718,6 +874,7 @@ impl Swarm {
     fn release_peer(&mut self, peer: PeerId) {
         let Some(state) = self.peers.get_mut(&peer) else { return };
         state.dropping = true;
+        self.shares.stale = true;
         let requests = std::mem::take(&mut state.requests);
         let pieces = std::mem::replace(&mut state.bitfield, Bitfield::new(self.have.len()));
         for piece in requests {
@@ -780,6 +937,19 @@ impl Swarm {
             self.pool.insert((state.availability, self.rank[piece as usize], piece));
         }
     }
+}
+
+/// A device's key in the HTTP shares: FNV-1a of its device id (the common name of its certificate), mixed. Every
+/// device computes the same key for the same id, so the devices of a swarm agree on who owns which piece.
+pub fn share_key(device: &str) -> u64 {
+    let fnv = device.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    SplitMix64(fnv).next()
+}
+
+/// A device's weight for a piece in the rendezvous hashing of the HTTP shares: the piece's key (the first eight
+/// bytes of its hash) and the device's key, mixed.
+fn share_weight(piece: u64, device: u64) -> u64 {
+    SplitMix64(piece ^ device).next()
 }
 
 /// A small deterministic generator for the piece order (Steele, Lea and Flood's SplitMix64).
@@ -1038,7 +1208,7 @@ mod tests {
     }
 
     #[test]
-    fn http_takes_what_no_peer_has_at_once_and_the_rest_after_the_delay() {
+    fn http_takes_what_no_peer_has_at_once_and_what_slow_peers_have_after_the_delay() {
         let config = SwarmConfig {
             http_delay: Duration::from_secs(60),
             peer_stall_timeout: Duration::from_secs(30),
@@ -1059,11 +1229,143 @@ mod tests {
         assert_eq!(swarm.piece_received(Source::Peer(A), asked[0], piece(&data, asked[0]), t), Received::Verified);
         assert_eq!(swarm.next_http_request(0, now + Duration::from_secs(50)), None, "peers made progress at 25 s");
         swarm.request_failed(Source::Peer(A), asked[1], t);
+        // After the delay the peer is slow (nothing within the rate window): HTTP takes what it has too.
         let after_delay = now + Duration::from_secs(60);
-        assert_eq!(swarm.next_http_request(0, after_delay), Some(asked[1]), "everything after the delay");
+        assert_eq!(swarm.next_http_request(0, after_delay), Some(asked[1]), "slow peers, after the delay");
         // In the endgame HTTP doubles what peers have in flight.
         let endgame: Vec<u32> = std::iter::from_fn(|| swarm.next_http_request(0, after_delay)).collect();
         assert_eq!(sorted(endgame), sorted(asked[2..].to_vec()));
+    }
+
+    #[test]
+    fn peers_at_the_minimum_rate_keep_http_off_their_pieces() {
+        const COUNT: u32 = 64;
+        let config = SwarmConfig {
+            pipeline_depth: COUNT as usize,
+            min_peer_rate: 3 * PIECE as u64,
+            peer_rate_window: Duration::from_secs(5),
+            ..SwarmConfig::default()
+        };
+        let (data, mut swarm, now) = swarm(COUNT as usize, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..COUNT, now);
+        let asked = swarm.next_peer_requests(A, now);
+        assert_eq!(swarm.next_http_request(0, now), None, "the first window is not measured");
+        // Four pieces a second for fifteen seconds: above the minimum.
+        let mut delivered = asked.iter();
+        for tick in 0..30 {
+            let t = now + Duration::from_millis(500 * tick);
+            for _ in 0..2 {
+                let index = *delivered.next().unwrap();
+                assert_eq!(swarm.piece_received(Source::Peer(A), index, piece(&data, index), t), Received::Verified);
+            }
+            assert_eq!(swarm.next_http_request(0, t), None, "at {tick}");
+        }
+        // The peer stops delivering: below the minimum once the window has moved past its last pieces.
+        let last = now + Duration::from_millis(500 * 29);
+        assert!(swarm.next_wakeup(last).is_some_and(|at| at <= last + Duration::from_secs(5)));
+        swarm.request_failed(Source::Peer(A), asked[62], last);
+        assert_eq!(swarm.next_http_request(0, last + Duration::from_secs(1)), None, "still 3.6 pieces a second");
+        assert_eq!(swarm.next_http_request(0, last + Duration::from_secs(4)), Some(asked[62]), "slow now");
+    }
+
+    /// Two swarms, one per device, each connected to the other device's peer id with its key.
+    fn two_devices(count: usize, config: SwarmConfig) -> [(Swarm, Instant); 2] {
+        let keys = [share_key("device-a"), share_key("device-b")];
+        let (_, hashes, now) = content(count);
+        [0, 1].map(|me| {
+            let config = SwarmConfig { share_key: Some(keys[me]), ..config.clone() };
+            let mut swarm = Swarm::new(hashes.clone(), Bitfield::new(count as u32), config, now).unwrap();
+            peer_with(&mut swarm, 1, PeerKind::Lan, [], now);
+            swarm.set_share_key(A, keys[1 - me]).unwrap();
+            (swarm, now)
+        })
+    }
+
+    #[test]
+    fn devices_take_disjoint_shares_of_the_origin_that_cover_every_piece() {
+        // Before the HTTP delay, each takes its own share only.
+        let config = SwarmConfig { http_delay: Duration::from_secs(60), ..SwarmConfig::default() };
+        let [(mut a, now), (mut b, _)] = two_devices(64, config);
+        assert_eq!((a.share_members(), b.share_members()), (2, 2));
+        let from_a: Vec<u32> = std::iter::from_fn(|| a.next_http_request(0, now)).collect();
+        let from_b: Vec<u32> = std::iter::from_fn(|| b.next_http_request(0, now)).collect();
+        assert!(!from_a.is_empty() && !from_b.is_empty());
+        let mut all = [from_a.clone(), from_b.clone()].concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..64).collect::<Vec<_>>(), "disjoint, and every piece in one share");
+        // A device alone (its peer left) takes every piece no peer has.
+        a.remove_peer(A);
+        assert_eq!(a.share_members(), 1);
+        let rest: Vec<u32> = std::iter::from_fn(|| a.next_http_request(0, now)).collect();
+        assert_eq!(sorted(rest), sorted(from_b));
+    }
+
+    #[test]
+    fn a_device_takes_its_heaviest_pieces_first() {
+        // Alone (no peer known yet), a device starts with the pieces most likely to stay its own in a swarm.
+        let (_, hashes, now) = content(64);
+        let key = share_key("device-a");
+        let mut heaviest: Vec<(u64, u32)> = (hashes.piece_hashes().iter().enumerate())
+            .map(|(piece, hash)| {
+                let piece_key = u64::from_be_bytes(hash.as_bytes()[..8].try_into().unwrap());
+                (share_weight(piece_key, key), piece as u32)
+            })
+            .collect();
+        heaviest.sort_unstable_by(|a, b| b.cmp(a));
+        let config = SwarmConfig { share_key: Some(key), ..SwarmConfig::default() };
+        let mut alone = Swarm::new(hashes, Bitfield::new(64), config, now).unwrap();
+        let order: Vec<u32> = std::iter::from_fn(|| alone.next_http_request(0, now)).collect();
+        assert_eq!(order, heaviest.into_iter().map(|(_, piece)| piece).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn other_shares_go_to_http_after_the_delay_when_peers_have_had_nothing_else() {
+        let config = SwarmConfig { http_delay: Duration::from_secs(10), ..SwarmConfig::default() };
+        let [(mut a, now), _] = two_devices(64, config);
+        let own: Vec<u32> = std::iter::from_fn(|| a.next_http_request(0, now)).collect();
+        assert_eq!(a.next_http_request(0, now + Duration::from_secs(9)), None, "the other's share waits");
+        let later = now + Duration::from_secs(10);
+        let others: Vec<u32> = std::iter::from_fn(|| a.next_http_request(0, later)).collect();
+        assert_eq!(sorted([own, others.clone()].concat()), (0..64).collect::<Vec<_>>());
+        // The owner's last pieces first: the owner fetches its heaviest first.
+        let [_, (mut b, _)] = two_devices(64, SwarmConfig::default());
+        let owners_order: Vec<u32> = std::iter::from_fn(|| b.next_http_request(0, now)).collect();
+        assert_eq!(others.first(), owners_order.last());
+
+        // While a peer has something this device lacks, the others' shares wait for their owners.
+        let [(mut a, now), _] = two_devices(64, SwarmConfig::default());
+        a.update_shares();
+        let theirs = a.shares.rank.iter().position(|&rank| rank > 0).unwrap() as u32;
+        peer_with(&mut a, 2, PeerKind::Lan, [theirs], now);
+        let own: Vec<u32> = std::iter::from_fn(|| a.next_http_request(0, now)).collect();
+        assert!(!own.contains(&theirs));
+        assert_eq!(a.next_http_request(0, now + Duration::from_secs(1)), None);
+        assert_eq!(a.next_peer_requests(B, now), vec![theirs]);
+        assert_eq!(a.next_http_request(0, now + Duration::from_secs(4)), None, "not for long enough");
+        let starving = now + Duration::from_secs(5);
+        assert!(a.next_http_request(0, starving).is_some(), "every piece a peer has was asked for, for 5 s");
+    }
+
+    #[test]
+    fn a_cache_server_owns_every_piece_and_a_complete_peer_none() {
+        let [(mut a, now), _] = two_devices(16, SwarmConfig::default());
+        peer_with(&mut a, 2, PeerKind::CacheServer, [], now);
+        assert_eq!(a.next_http_request(0, now + Duration::from_secs(4)), None, "the cache server fetches");
+        assert!(a.next_http_request(0, now + Duration::from_secs(5)).is_some(), "until it is slow");
+
+        // A peer with every piece takes no share: the device takes every piece nobody has.
+        let [(mut a, now), _] = two_devices(16, SwarmConfig::default());
+        a.remove_peer(A);
+        peer_with(&mut a, 2, PeerKind::Lan, 0..16, now);
+        a.set_share_key(B, share_key("device-b")).unwrap();
+        assert_eq!(a.share_members(), 1);
+    }
+
+    #[test]
+    fn share_keys_are_fixed_across_builds() {
+        // Devices of one fleet run different builds: the key of an id must never change.
+        assert_eq!(share_key(""), SplitMix64(0xcbf2_9ce4_8422_2325).next());
+        assert_eq!(share_key("3f0c5b8e-1d7a-4c2e-9b51-6a0d2e8f4c71"), 0x334efa83d3033cf2);
     }
 
     #[test]
@@ -1116,6 +1418,9 @@ mod tests {
                 Received::Verified
             );
         }
+        // A connected cache server owns every piece: HTTP waits for it (see `a_cache_server_owns_every_piece`).
+        assert_eq!(swarm.next_http_request(3, now), None);
+        swarm.remove_peer(PeerId(4));
         assert_eq!(swarm.next_http_request(3, now), Some(4));
         assert_eq!(swarm.piece_received(Source::Http(3), 4, piece(&data, 4), now), Received::Verified);
         swarm.uploaded(1234);

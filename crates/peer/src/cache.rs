@@ -61,6 +61,10 @@ pub struct CacheEntry {
 struct EntryState {
     file: Option<Arc<File>>,
     have: Bitfield,
+    /// Pieces of `have` this process verified (before writing them, or when it read them back): served without
+    /// hashing them again. The cache directory is the agent's alone (0700); a piece from an earlier run is verified
+    /// once when it is first read.
+    checked: Bitfield,
     complete: bool,
     /// Pieces written since the sidecar was last saved.
     unsaved: u32,
@@ -164,6 +168,7 @@ impl PeerCache {
             let mut state = lock(&entry.state);
             state.file = None;
             state.have = Bitfield::new(entry.piece_count);
+            state.checked = Bitfield::new(entry.piece_count);
             state.complete = false;
         }
         CacheEntry::remove_files(&self.dir, content)
@@ -227,16 +232,17 @@ impl CacheEntry {
         self.haves.subscribe()
     }
 
-    /// Reads piece `piece` and verifies it against the piece layer: `None` when the entry does not hold it (any
-    /// more). A piece that fails verification is forgotten. Blocking: call it from a blocking task.
+    /// Reads piece `piece`, verified against the piece layer unless this process verified it already: `None` when
+    /// the entry does not hold it (any more). A piece that fails verification is forgotten. Blocking: call it from a
+    /// blocking task.
     pub(crate) fn read_piece(&self, piece: u32) -> Result<Option<Bytes>, Error> {
-        let file = {
+        let (file, checked) = {
             let state = lock(&self.state);
             if !state.have.get(piece) {
                 return Ok(None);
             }
             match &state.file {
-                Some(file) => file.clone(),
+                Some(file) => (file.clone(), state.checked.get(piece)),
                 None => return Ok(None),
             }
         };
@@ -244,6 +250,9 @@ impl CacheEntry {
         let mut data = vec![0u8; (range.end - range.start) as usize];
         let path = self.file_path();
         file.read_exact_at(&mut data, range.start).map_err(Error::io("read", &path))?;
+        if checked {
+            return Ok(Some(Bytes::from(data)));
+        }
         if self.hashes.verify_piece(u64::from(piece), &data).is_err() {
             tracing::warn!(content = %self.content, piece, "a cached piece no longer verifies; forgotten");
             let mut state = lock(&self.state);
@@ -253,6 +262,8 @@ impl CacheEntry {
             state.unsaved += 1;
             return Ok(None);
         }
+        // Invariant: `piece` was checked against the piece count by `have.get` above.
+        let _ = lock(&self.state).checked.set(piece);
         Ok(Some(Bytes::from(data)))
     }
 
@@ -267,6 +278,7 @@ impl CacheEntry {
             let mut state = lock(&self.state);
             // Invariant: `range` checked `piece` against the piece count.
             let _ = state.have.set(piece);
+            let _ = state.checked.set(piece);
             state.unsaved += 1;
             state.updated = SystemTime::now();
         }
@@ -354,6 +366,7 @@ impl CacheEntry {
         let mut state = lock(&self.state);
         state.file = None;
         state.have = Bitfield::new(self.piece_count);
+        state.checked = Bitfield::new(self.piece_count);
         state.complete = false;
         state.unsaved = 0;
         drop(state);
@@ -456,6 +469,7 @@ impl CacheEntry {
         let state = EntryState {
             file: None,
             have: Bitfield::new(piece_count),
+            checked: Bitfield::new(piece_count),
             complete: false,
             unsaved: 0,
             updated: SystemTime::now(),
@@ -497,6 +511,7 @@ impl CacheEntry {
             EntryState {
                 file: Some(Arc::new(file)),
                 have: Bitfield::full(piece_count),
+                checked: Bitfield::new(piece_count),
                 complete: true,
                 unsaved: 0,
                 updated: modified(&data_path).unwrap_or_else(SystemTime::now),
@@ -513,10 +528,12 @@ impl CacheEntry {
                 Err(err) => return Err(Error::io("read", &have_path)(err)),
             };
             let updated = modified(&part_path).unwrap_or_else(SystemTime::now);
-            EntryState { file: Some(Arc::new(file)), have, complete: false, unsaved: 0, updated }
+            let checked = Bitfield::new(piece_count);
+            EntryState { file: Some(Arc::new(file)), have, checked, complete: false, unsaved: 0, updated }
         } else {
             let updated = modified(&meta_path).unwrap_or_else(SystemTime::now);
-            EntryState { file: None, have: Bitfield::new(piece_count), complete: false, unsaved: 0, updated }
+            let (have, checked) = (Bitfield::new(piece_count), Bitfield::new(piece_count));
+            EntryState { file: None, have, checked, complete: false, unsaved: 0, updated }
         };
         Ok(Self::assemble(dir, content, hashes, Bytes::from(layer), piece_count, state))
     }
