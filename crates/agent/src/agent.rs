@@ -103,6 +103,9 @@ pub struct AgentStatus {
     /// The latest downloads and where their bytes came from, newest first.
     #[serde(default)]
     pub last_downloads: Vec<DownloadRecord>,
+    /// A cache server's index and counters (`[p2p] cache_server`), as the running agent has them (not persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_server: Option<crate::p2p::CacheServerStatus>,
 }
 
 /// Delivery statistics summed over downloads.
@@ -557,7 +560,9 @@ impl Agent {
     }
 
     pub fn status(&self) -> AgentStatus {
-        self.lock_status().clone()
+        let mut status = self.lock_status().clone();
+        status.cache_server = self.p2p.as_ref().and_then(crate::p2p::P2p::cache_server_status);
+        status
     }
 
     /// The last scan's needed updates; with `all`, also the skipped and rejected ones.

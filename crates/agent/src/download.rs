@@ -249,13 +249,7 @@ impl Downloader {
 impl Job<'_> {
     /// The file name under a source's base URL: `dir/<sha256>.name` with consistent snapshots, else the path.
     pub(crate) fn file_name(&self) -> String {
-        match (self.consistent_snapshot, self.target.file().sha256()) {
-            (true, Some(sha256)) => match self.target.path().rsplit_once('/') {
-                Some((dir, name)) => format!("{dir}/{sha256}.{name}"),
-                None => format!("{sha256}.{}", self.target.path()),
-            },
-            _ => self.target.path().to_owned(),
-        }
+        target_file_name(self.target, self.consistent_snapshot)
     }
 
     /// Where the partial download of this job lives (the install engine's naming: `<sha256>.download`).
@@ -267,5 +261,16 @@ impl Job<'_> {
     /// Whether the whole file is on disk (it is verified again, once, when it is installed).
     pub fn partial_complete(&self) -> bool {
         std::fs::metadata(self.partial_path()).is_ok_and(|m| m.len() == self.target.file().length)
+    }
+}
+
+/// The file name of `target` under a source's base URL: `dir/<sha256>.name` with consistent snapshots, else the path.
+pub(crate) fn target_file_name(target: &TrustedTarget, consistent_snapshot: bool) -> String {
+    match (consistent_snapshot, target.file().sha256()) {
+        (true, Some(sha256)) => match target.path().rsplit_once('/') {
+            Some((dir, name)) => format!("{dir}/{sha256}.{name}"),
+            None => format!("{sha256}.{}", target.path()),
+        },
+        _ => target.path().to_owned(),
     }
 }

@@ -13,6 +13,8 @@
 //!   `ArtifactWriter`, which alone makes a `VerifiedArtifact`;
 //! - [`p2p`]: the `[p2p]` section and peer-to-peer downloads through custody-peer (pieces from peers and HTTP,
 //!   each verified against the signed piece tree), the peer listener and discovery;
+//! - [`cache_index`]: a cache server's index of the signed catalog (content id → signed target), through which it
+//!   fetches for its group what the group's devices ask for;
 //! - [`report`]: the on-disk event queue and its delivery to the service;
 //! - [`agent`]: the operations (scan, download, install, hold, rollback, status) on one device;
 //! - [`local_api`]: the newline-delimited JSON protocol on the Unix socket, its server (peer credentials checked
@@ -20,6 +22,7 @@
 //! - [`daemon`]: the schedule, the local API and the work queue together.
 
 pub mod agent;
+pub mod cache_index;
 pub mod config;
 pub mod daemon;
 pub mod download;

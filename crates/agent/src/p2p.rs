@@ -11,7 +11,9 @@
 //! service's peer matching (`POST /device/v1/peers`, which also announces this device), and DNS-SD/mDNS on the LAN
 //! (`[p2p] mdns`), which keeps working when the service is unreachable. The daemon runs the listener (`[p2p] listen`,
 //! TCP 7680) that serves verified pieces to other devices, and announces what its cache holds, so devices that
-//! finished keep seeding; a cache server (`[p2p] cache_server`) is announced as such and preferred by its group.
+//! finished keep seeding; a cache server (`[p2p] cache_server`) is announced as such and preferred by its group, and
+//! fetches over HTTP what its group's devices ask for: the signed targets of `cache_products` found in its
+//! [`CatalogIndex`] (custody-peer's `CacheServer` does the fetching and serving).
 //!
 //! A device enrolled with a token has no certificate and no peer identity: its downloads of such updates still run
 //! piece by piece (verified, resumable) but over HTTP only.
@@ -22,18 +24,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use custody_api::device::DeliveryStats;
+use custody_catalog::ProductName;
 use custody_p2p::policy::{DeviceResources, PeerPolicy};
 use custody_p2p::{ContentId, DownloadMode, PeerKind, TransferStats};
 use custody_peer::discovery::local_subnets;
 use custody_peer::{
-    Announcement, LanAdvertisement, LanDiscovery, MatchingClient, PeerCache, PeerCandidate, PeerContext, PeerDownload,
-    PeerDownloadConfig, PeerJob, PeerNode, PeerNodeConfig, UploadGate,
+    Announcement, CacheServer, CacheServerStats, LanAdvertisement, LanDiscovery, MatchingClient, PeerCache,
+    PeerCandidate, PeerContext, PeerDownload, PeerDownloadConfig, PeerJob, PeerNode, PeerNodeConfig, UploadGate,
 };
 use custody_tls::PeerTlsConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::Error;
+use crate::cache_index::CatalogIndex;
 use crate::config::AgentConfig;
 use crate::download::{Fetched, Job};
 use crate::state::StateDir;
@@ -59,9 +63,13 @@ pub struct P2pSection {
     /// Ask the service for peers (modes 1, 2, 3).
     #[serde(default = "P2pSection::default_true")]
     pub matching: bool,
-    /// This device is its group's cache server: announced as such, preferred by the group's devices.
+    /// This device is its group's cache server: announced as such, preferred by the group's devices; it fetches
+    /// over HTTP, for them, the signed targets of `cache_products` they ask for.
     #[serde(default)]
     pub cache_server: bool,
+    /// The products whose updates a cache server fetches for its group on demand; empty: `[agent] products`.
+    #[serde(default)]
+    pub cache_products: Vec<String>,
     /// The peer cache; default `<state_dir>/peer-cache`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
@@ -112,6 +120,12 @@ impl P2pSection {
         if self.max_connections == 0 {
             return Err("p2p.max_connections must be at least 1".into());
         }
+        for product in &self.cache_products {
+            product.parse::<ProductName>().map_err(|e| format!("p2p.cache_products: {product:?}: {e}"))?;
+        }
+        if !self.cache_products.is_empty() && !self.cache_server {
+            return Err("p2p.cache_products needs p2p.cache_server = true".into());
+        }
         Ok(())
     }
 }
@@ -129,6 +143,24 @@ pub struct P2p {
     cache_root: PathBuf,
     node: Mutex<Option<PeerNode>>,
     lan: Mutex<Option<LanDiscovery>>,
+    /// The cache-server role (`cache_server = true`): the catalog index it resolves content ids through, and the
+    /// fetches it runs for the group.
+    index: Option<Arc<CatalogIndex>>,
+    cache_server: Option<Arc<CacheServer>>,
+}
+
+/// What a cache server shows in `custody agent status` (and the local API's `status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheServerStatus {
+    /// The products it fetches for its group.
+    pub products: Vec<String>,
+    /// Signed targets with a piece tree in its index.
+    pub indexed: usize,
+    pub index_refreshed: Option<jiff::Timestamp>,
+    /// Content ids being fetched now.
+    pub fetching: Vec<String>,
+    #[serde(flatten)]
+    pub stats: CacheServerStats,
 }
 
 impl std::fmt::Debug for P2p {
@@ -166,6 +198,33 @@ impl P2p {
             (Some(client), true) => Some(MatchingClient::new(client.clone(), &config.api_url())),
             _ => None,
         };
+        let (index, cache_server) = match section.cache_server {
+            false => (None, None),
+            true => {
+                let products: Vec<ProductName> = match section.cache_products.is_empty() {
+                    true => config.wanted_products(),
+                    // Checked when the configuration was loaded.
+                    false => section.cache_products.iter().filter_map(|p| p.parse().ok()).collect(),
+                };
+                if products.is_empty() {
+                    warn!(
+                        "cache server without products ([p2p] cache_products, [agent] products): it serves only what \
+                           its cache holds"
+                    );
+                }
+                let index = Arc::new(CatalogIndex::open(config, state, pinned.clone(), products)?);
+                let context = PeerContext {
+                    cache: cache.clone(),
+                    gate: gate.clone(),
+                    tls: None,
+                    plain: plain.clone(),
+                    pinned: pinned.clone(),
+                };
+                let download = PeerDownloadConfig::new(section.policy.clone(), resources, true);
+                let server = CacheServer::new(index.clone(), context, download);
+                (Some(index), Some(server))
+            }
+        };
         Ok(Some(Self {
             section,
             cache,
@@ -178,6 +237,8 @@ impl P2p {
             cache_root,
             node: Mutex::new(None),
             lan: Mutex::new(None),
+            index,
+            cache_server,
         }))
     }
 
@@ -201,6 +262,7 @@ impl P2p {
         let config = PeerNodeConfig {
             listen: self.section.listen,
             max_connections: self.section.max_connections,
+            cache_server: self.cache_server.clone(),
             ..PeerNodeConfig::default()
         };
         let node = PeerNode::start(config, tls, self.cache.clone(), self.gate.clone()).await.map_err(peer_error)?;
@@ -235,24 +297,58 @@ impl P2p {
     pub fn evict(&self) {
         let resources = measure(&self.section, &self.cache_root);
         self.gate.set_resources(resources);
-        if let Err(e) = self.cache.evict(&self.section.policy, &resources, SystemTime::now()) {
+        let evicted = match &self.cache_server {
+            // Spares what it is fetching for the group.
+            Some(server) => server.evict(&resources, SystemTime::now()),
+            None => self.cache.evict(&self.section.policy, &resources, SystemTime::now()),
+        };
+        if let Err(e) = evicted {
             warn!("peer cache eviction: {e}");
         }
     }
 
-    /// Announces every complete content of the cache to the matching service (the daemon, after each scan): a
-    /// device that finished a download keeps seeding it, a cache server offers what it holds.
+    /// Announces every complete content of the cache to the matching service (the daemon, every few minutes): a
+    /// device that finished a download keeps seeding it. A cache server first refreshes its catalog index and
+    /// announces every content of it too (as a cache server, complete or not), so that its group's devices find it
+    /// for content it has yet to fetch.
     pub async fn announce_cache(&self) {
+        if let Some(index) = &self.index
+            && let Err(e) = index.refresh().await
+        {
+            warn!("cache server: the catalog index could not be refreshed: {}", crate::error_chain(&e));
+        }
         let Some(matching) = &self.matching else { return };
         if self.tls.is_none() || !self.section.policy.download_mode.peers() {
             return;
         }
-        for entry in self.cache.entries().into_iter().filter(|entry| entry.complete) {
-            let announcement = self.announcement(entry.content, true);
+        let mut contents: std::collections::BTreeMap<ContentId, bool> = self
+            .cache
+            .entries()
+            .into_iter()
+            .filter(|entry| entry.complete)
+            .map(|entry| (entry.content, true))
+            .collect();
+        for content in self.index.iter().flat_map(|index| index.contents()) {
+            contents.entry(content).or_insert(false);
+        }
+        for (content, complete) in contents {
+            let announcement = self.announcement(content, complete);
             if let Err(e) = matching.peers(&announcement).await {
-                warn!(content = %entry.content, "cannot announce cached content: {e}");
+                warn!(%content, "cannot announce cached content: {e}");
             }
         }
+    }
+
+    /// The cache server's index and counters, when this device is one.
+    pub fn cache_server_status(&self) -> Option<CacheServerStatus> {
+        let (index, server) = (self.index.as_ref()?, self.cache_server.as_ref()?);
+        Some(CacheServerStatus {
+            products: index.products().iter().map(ToString::to_string).collect(),
+            indexed: index.contents().len(),
+            index_refreshed: index.refreshed_at(),
+            fetching: server.fetching().iter().map(ToString::to_string).collect(),
+            stats: server.stats(),
+        })
     }
 
     /// Downloads `job` through custody-peer (see [`P2p::takes`]); `sources` are the content base URLs in order.
@@ -263,12 +359,7 @@ impl P2p {
             path: job.target.path().to_owned(),
             failures: vec![format!("the signed sha256 {sha256:?} is not a content id")],
         })?;
-        let content_urls = sources.iter().map(|source| format!("{source}{name}")).collect();
-        let layer_urls = sources
-            .iter()
-            .filter_map(|source| source.strip_suffix("targets/"))
-            .map(|base| format!("{base}pieces/sha256/{sha256}"))
-            .collect();
+        let (content_urls, layer_urls) = content_urls(sources, &name, &sha256);
         let peer_job = PeerJob {
             target: job.target.clone(),
             entry: job.entry.clone(),
@@ -409,6 +500,18 @@ impl P2p {
     }
 }
 
+/// The URLs of a target's content (`<source><name>` for each base URL) and of its piece layer
+/// (`<origin>pieces/sha256/<hex>` for each base URL ending in `targets/`), in the order of `sources`.
+pub(crate) fn content_urls(sources: &[String], name: &str, sha256: &str) -> (Vec<String>, Vec<String>) {
+    let content = sources.iter().map(|source| format!("{source}{name}")).collect();
+    let layer = sources
+        .iter()
+        .filter_map(|source| source.strip_suffix("targets/"))
+        .map(|base| format!("{base}pieces/sha256/{sha256}"))
+        .collect();
+    (content, layer)
+}
+
 /// custody-p2p's counters as the device API reports them.
 fn delivery(stats: &TransferStats) -> DeliveryStats {
     DeliveryStats {
@@ -496,3 +599,36 @@ const MATCHING_MAX_REFRESH: Duration = Duration::from_secs(60);
 
 /// How long the daemon waits between two announcements of its cache.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(toml_text: &str) -> Result<P2pSection, String> {
+        let section: P2pSection = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        section.check().map(|()| section)
+    }
+
+    #[test]
+    fn cache_products_are_product_names_of_a_cache_server() {
+        let cache = section("cache_server = true\ncache_products = [\"acme-os\", \"acme-agent\"]\n").unwrap();
+        assert_eq!(cache.cache_products, ["acme-os", "acme-agent"]);
+        assert!(section("cache_server = true\n").unwrap().cache_products.is_empty());
+        let error = section("cache_server = true\ncache_products = [\"../etc\"]\n").unwrap_err();
+        assert!(error.contains("p2p.cache_products"), "{error}");
+        let error = section("cache_products = [\"acme-os\"]\n").unwrap_err();
+        assert!(error.contains("needs p2p.cache_server = true"), "{error}");
+    }
+
+    #[test]
+    fn content_and_layer_urls_follow_the_sources() {
+        let sources = ["http://cdn.example/targets/".to_owned(), "http://origin.example/content/".to_owned()];
+        let (content, layer) = content_urls(&sources, "acme/ab12.img", "ab12");
+        assert_eq!(
+            content,
+            ["http://cdn.example/targets/acme/ab12.img", "http://origin.example/content/acme/ab12.img"]
+        );
+        // Only a base ending in targets/ has a pieces/ beside it.
+        assert_eq!(layer, ["http://cdn.example/pieces/sha256/ab12"]);
+    }
+}

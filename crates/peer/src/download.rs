@@ -111,8 +111,12 @@ impl PeerDownloadConfig {
     /// The configuration of `policy` (its mode, HTTP delay) for a foreground or background download, with a random
     /// scheduler seed so that devices starting together fetch different pieces first.
     pub fn new(policy: PeerPolicy, resources: DeviceResources, foreground: bool) -> Self {
-        let swarm =
-            SwarmConfig { http_delay: policy.http_delay(foreground), seed: rand::random(), ..SwarmConfig::default() };
+        let swarm = SwarmConfig {
+            http_delay: policy.http_delay(foreground),
+            min_peer_rate: policy.min_background_qos,
+            seed: rand::random(),
+            ..SwarmConfig::default()
+        };
         Self {
             mode: policy.download_mode,
             policy,
@@ -193,6 +197,22 @@ impl PeerDownload {
     /// failed (every source, the layer, the whole-file check, the disk). Pieces verified so far stay in the cache
     /// for the next attempt.
     pub async fn run(mut self, candidates: Vec<PeerCandidate>) -> Result<DownloadOutcome, Error> {
+        let fetched = self.fetch_pieces(candidates).await?;
+        let artifact = Self::finish(&self.job, &fetched.entry).await?;
+        Ok(DownloadOutcome {
+            artifact,
+            stats: fetched.stats,
+            counters: fetched.counters,
+            peers: fetched.peers,
+            connect_failures: fetched.connect_failures,
+            resumed_pieces: fetched.resumed_pieces,
+            peering: fetched.peering,
+        })
+    }
+
+    /// Every piece into the cache entry, each verified against the signed root: what [`PeerDownload::run`] does
+    /// before the whole-file check (which the cache server's path does its own way, `crate::cache_server`).
+    pub(crate) async fn fetch_pieces(&mut self, candidates: Vec<PeerCandidate>) -> Result<FetchedPieces, Error> {
         // The channel of candidates found later closes when the caller's senders are gone: drop ours.
         let more = std::mem::replace(&mut self.more, mpsc::channel(1).1);
         self.more_sender = mpsc::channel(1).0;
@@ -261,7 +281,15 @@ impl PeerDownload {
             context,
             config,
             entry: entry.clone(),
-            swarm: Swarm::new(hashes, have, config.swarm.clone(), now)?,
+            swarm: Swarm::new(
+                hashes,
+                have,
+                SwarmConfig {
+                    share_key: own_device.as_deref().map(custody_p2p::swarm::share_key),
+                    ..config.swarm.clone()
+                },
+                now,
+            )?,
             tls,
             own_device,
             events_sender,
@@ -290,20 +318,11 @@ impl PeerDownload {
         let counters = *state.swarm.counters();
         let peers = state.reports.into_values().collect();
         let connect_failures = state.connect_failures;
-        let artifact = Self::finish(job, &entry).await?;
-        Ok(DownloadOutcome {
-            artifact,
-            stats,
-            counters,
-            peers,
-            connect_failures,
-            resumed_pieces,
-            peering: peering.err(),
-        })
+        Ok(FetchedPieces { entry, stats, counters, peers, connect_failures, resumed_pieces, peering: peering.err() })
     }
 
     /// The piece layer, checked against the signed root: from the cache, the layer URLs, else a peer.
-    async fn layer(
+    pub(crate) async fn layer(
         &self,
         tree: &PieceTree,
         content: ContentId,
@@ -389,6 +408,18 @@ impl PeerDownload {
         .await
         .map_err(join_error)?
     }
+}
+
+/// What [`PeerDownload::fetch_pieces`] leaves: the cache entry holding every piece, verified piece by piece, and the
+/// download's figures ([`DownloadOutcome`] without the artifact).
+pub(crate) struct FetchedPieces {
+    pub entry: Arc<CacheEntry>,
+    pub stats: TransferStats,
+    pub counters: SwarmCounters,
+    pub peers: Vec<PeerReport>,
+    pub connect_failures: Vec<String>,
+    pub resumed_pieces: u32,
+    pub peering: Option<String>,
 }
 
 /// Clears the entry's download registration when the download ends, however it ends.
@@ -723,6 +754,8 @@ impl State<'_> {
             tracing::debug!(peer = %device, error = %err, "peer not added");
             return close(&peer, GoodbyeReason::Banned);
         }
+        // `pid` was added just above.
+        let _ = self.swarm.set_share_key(pid, custody_p2p::swarm::share_key(&device));
         tracing::debug!(peer = %device, addr = %peer.addr, %kind, inbound = peer.inbound, "peer joined the download");
         self.active.insert(pid, peer.id);
         self.reports.entry(pid).and_modify(|report| report.closed = None).or_insert(PeerReport {

@@ -9,6 +9,10 @@
 //!   pieces over HTTP `Range` in parallel, writes verified pieces at their offsets and announces them, bans peers the
 //!   swarm bans, and ends with custody-install's whole-file check, which makes the
 //!   [`VerifiedArtifact`](custody_install::VerifiedArtifact).
+//! - [`CacheServer`]: the cache-server role (Delivery Optimization's Connected Cache): content a device of the group
+//!   asks for and the cache lacks is resolved to a signed target through a [`ContentResolver`] (the agent's TUF
+//!   client), fetched over HTTP piece by piece, verified, served while it arrives, and checked whole
+//!   ([`CachedContent`], never a `VerifiedArtifact`).
 //! - [`discovery`]: the service's peer matching (`POST /device/v1/peers`) and DNS-SD/mDNS on the LAN.
 //!
 //! Trust: a peer is authenticated by its device certificate, but nothing it sends is trusted. The piece layer is
@@ -20,6 +24,7 @@
 //! [`PeerContext::tls`] `None`, which is HTTP only (still piece by piece, resumable, verified).
 
 mod cache;
+mod cache_server;
 pub mod discovery;
 mod download;
 mod node;
@@ -29,6 +34,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use cache::{CacheEntry, CacheEntryInfo, PeerCache};
+pub use cache_server::{CacheJob, CacheServer, CacheServerStats, CachedContent, ContentResolver, ResolveFuture};
 pub use discovery::{Announcement, LanAdvertisement, LanBrowser, LanDiscovery, LanPeer, MatchingClient};
 pub use download::{DownloadOutcome, PeerContext, PeerDownload, PeerDownloadConfig, PeerJob, PeerReport};
 pub use node::{NodeStats, PeerNode, PeerNodeConfig, UploadGate};

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cache::PeerCache;
+use crate::cache_server::CacheServer;
 use crate::session::{self, Timeouts};
 use crate::{Error, PeerCandidate};
 
@@ -27,6 +28,9 @@ pub struct PeerNodeConfig {
     /// Connections served at once; further connections are closed right after they are accepted. Default 64.
     pub max_connections: usize,
     pub timeouts: Timeouts,
+    /// The cache-server role: content a connecting device names and the cache lacks is fetched for it (a signed
+    /// target the [`CacheServer`]'s resolver names) instead of being refused. Default `None`.
+    pub cache_server: Option<Arc<CacheServer>>,
 }
 
 impl Default for PeerNodeConfig {
@@ -35,6 +39,7 @@ impl Default for PeerNodeConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], custody_p2p::wire::DEFAULT_PORT)),
             max_connections: 64,
             timeouts: Timeouts::default(),
+            cache_server: None,
         }
     }
 }
@@ -70,6 +75,7 @@ struct NodeShared {
     cache: Arc<PeerCache>,
     gate: Arc<UploadGate>,
     timeouts: Timeouts,
+    cache_server: Option<Arc<CacheServer>>,
     accepted: AtomicU64,
     refused_busy: AtomicU64,
     failed_handshakes: AtomicU64,
@@ -93,6 +99,7 @@ impl PeerNode {
             cache,
             gate,
             timeouts: config.timeouts,
+            cache_server: config.cache_server,
             accepted: AtomicU64::new(0),
             refused_busy: AtomicU64::new(0),
             failed_handshakes: AtomicU64::new(0),
@@ -150,7 +157,8 @@ impl PeerNode {
             sessions.spawn(async move {
                 let _permit = permit;
                 let tls = shared.tls.read().unwrap_or_else(PoisonError::into_inner).clone();
-                match session::accept(tcp, addr, &tls, &shared.cache, shared.timeouts).await {
+                let cache_server = shared.cache_server.as_ref();
+                match session::accept(tcp, addr, &tls, &shared.cache, cache_server, shared.timeouts).await {
                     Ok((established, entry)) => {
                         shared.sessions.fetch_add(1, Ordering::Relaxed);
                         let peer = established.identity.clone();
@@ -250,6 +258,11 @@ impl UploadGate {
     /// Updates what the device is and has now (battery, free disk), measured by the caller.
     pub fn set_resources(&self, resources: DeviceResources) {
         *lock(&self.resources) = resources;
+    }
+
+    /// What the device is and has, as last measured.
+    pub(crate) fn resources(&self) -> DeviceResources {
+        *lock(&self.resources)
     }
 
     /// Remembers the kind of peers the matching service or discovery reported, so that their incoming connections

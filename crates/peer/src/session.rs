@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_rustls::TlsStream;
 
 use crate::cache::{CacheEntry, PeerCache};
+use crate::cache_server::{CacheServer, Refused};
 use crate::node::UploadGate;
 
 /// Time limits of a connection.
@@ -118,6 +119,8 @@ pub(crate) enum ConnectError {
     Violation(String),
     #[error("it does not serve content {0}")]
     UnknownContent(ContentId),
+    #[error("content {content} refused ({reason}): {why}")]
+    Refused { content: ContentId, reason: GoodbyeReason, why: String },
 }
 
 impl ConnectError {
@@ -260,12 +263,14 @@ pub(crate) async fn fetch_layer(
 }
 
 /// Accepts a connection on the listener: mutual TLS, then the other side's handshake, which must name content the
-/// cache holds; our handshake and bitfield go back. Within `timeouts.handshake`.
+/// cache holds, or, on a cache server, content it fetches for the group (a signed target its resolver names); our
+/// handshake and bitfield go back. Within `timeouts.handshake`.
 pub(crate) async fn accept(
     tcp: TcpStream,
     addr: SocketAddr,
     tls: &PeerTlsConfig,
     cache: &PeerCache,
+    cache_server: Option<&Arc<CacheServer>>,
     timeouts: Timeouts,
 ) -> Result<(Established, Arc<CacheEntry>), ConnectError> {
     let accepting = async {
@@ -281,9 +286,19 @@ pub(crate) async fn accept(
             let _ = send_goodbye(&mut stream, GoodbyeReason::ProtocolError).await;
             return Err(ConnectError::Violation(format!("{} before the handshake", first.name())));
         };
-        let Some(entry) = cache.get(content) else {
-            let _ = send_goodbye(&mut stream, GoodbyeReason::UnknownContent).await;
-            return Err(ConnectError::UnknownContent(*content));
+        let entry = match (cache.get(content), cache_server) {
+            (_, Some(server)) => match server.open(*content, &identity).await {
+                Ok(entry) => entry,
+                Err(Refused { reason, why }) => {
+                    let _ = send_goodbye(&mut stream, reason).await;
+                    return Err(ConnectError::Refused { content: *content, reason, why });
+                }
+            },
+            (Some(entry), None) => entry,
+            (None, None) => {
+                let _ = send_goodbye(&mut stream, GoodbyeReason::UnknownContent).await;
+                return Err(ConnectError::UnknownContent(*content));
+            }
         };
         if let Err(reason) = first.check_handshake(&entry.content(), entry.piece_count()) {
             let _ = send_goodbye(&mut stream, reason).await;
