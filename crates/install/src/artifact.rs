@@ -21,6 +21,10 @@
 //! hash. The piece hashes (checked against a signed root) decide what is written; this whole-file check alone decides
 //! what becomes a `VerifiedArtifact`.
 //!
+//! **Content verified for caching** ([`VerifiedFile::from_file`]) is that same whole-file check without the
+//! intention check: a peer cache server keeps and serves content for other devices, which need not apply to itself.
+//! A `VerifiedFile` is a distinct type the install engine does not take.
+//!
 //! **Resuming** is the one exception to the single pass: [`ArtifactWriter::resume`] reads the prefix already on disk
 //! once to rebuild the hash state, then continues to hash while writing. The hash state is not persisted instead
 //! because aws-lc-rs does not export a digest context's internal state, and a persisted state would be one more file
@@ -75,6 +79,42 @@ struct Hasher {
 impl std::fmt::Debug for Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hasher").field("algorithm", &self.algorithm).finish_non_exhaustive()
+    }
+}
+
+impl Hasher {
+    /// One hasher per hash `target` lists: the SHA-256 is required, SHA-512 is checked when listed, and any other
+    /// algorithm (or a value that is not hex of the algorithm's length) refuses the target rather than leaving a
+    /// signed hash unchecked. In the signed map's (alphabetical) order.
+    fn signed(target: &TrustedTarget) -> Result<Vec<Hasher>, Error> {
+        let path = target.path();
+        if target.file().sha256().is_none() {
+            return Err(Error::BadSignedHash {
+                path: path.to_owned(),
+                algorithm: "sha256".into(),
+                problem: "not listed; custody requires it",
+            });
+        }
+        let mut hashers = Vec::with_capacity(target.file().hashes.len());
+        for (algorithm, expected) in &target.file().hashes {
+            let kind = match algorithm.as_str() {
+                "sha256" => &digest::SHA256,
+                "sha512" => &digest::SHA512,
+                _ => return Err(Error::UnsupportedHash { path: path.to_owned(), algorithm: algorithm.clone() }),
+            };
+            let expected = match hex::decode(expected) {
+                Ok(bytes) if bytes.len() == kind.output_len() => bytes,
+                _ => {
+                    return Err(Error::BadSignedHash {
+                        path: path.to_owned(),
+                        algorithm: algorithm.clone(),
+                        problem: "not hex of the algorithm's output length",
+                    });
+                }
+            };
+            hashers.push(Hasher { algorithm: algorithm.clone(), context: digest::Context::new(kind), expected });
+        }
+        Ok(hashers)
     }
 }
 
@@ -361,13 +401,9 @@ impl ArtifactWriter {
                 target: target.file().length.to_string(),
             });
         }
-        let Some(signed_sha256) = target.file().sha256() else {
-            return Err(Error::BadSignedHash {
-                path: path.to_owned(),
-                algorithm: "sha256".into(),
-                problem: "not listed; custody requires it",
-            });
-        };
+        let mut hashers = Hasher::signed(target)?;
+        // `Hasher::signed` refused a target without a SHA-256.
+        let signed_sha256 = target.file().sha256().unwrap_or_default();
         let entry_sha256 = content.sha256.to_string();
         if !signed_sha256.eq_ignore_ascii_case(&entry_sha256) {
             return Err(Error::ContentMismatch {
@@ -376,26 +412,6 @@ impl ArtifactWriter {
                 entry: entry_sha256,
                 target: signed_sha256.to_owned(),
             });
-        }
-
-        let mut hashers = Vec::with_capacity(target.file().hashes.len());
-        for (algorithm, expected) in &target.file().hashes {
-            let kind = match algorithm.as_str() {
-                "sha256" => &digest::SHA256,
-                "sha512" => &digest::SHA512,
-                _ => return Err(Error::UnsupportedHash { path: path.to_owned(), algorithm: algorithm.clone() }),
-            };
-            let expected = match hex::decode(expected) {
-                Ok(bytes) if bytes.len() == kind.output_len() => bytes,
-                _ => {
-                    return Err(Error::BadSignedHash {
-                        path: path.to_owned(),
-                        algorithm: algorithm.clone(),
-                        problem: "not hex of the algorithm's output length",
-                    });
-                }
-            };
-            hashers.push(Hasher { algorithm: algorithm.clone(), context: digest::Context::new(kind), expected });
         }
 
         let version = entry.version().to_string();
@@ -455,58 +471,24 @@ pub struct VerifiedArtifact {
 
 impl VerifiedArtifact {
     /// Verifies a complete file assembled elsewhere (peer-to-peer delivery writes verified pieces at their offsets)
-    /// and makes it a `VerifiedArtifact`: first the intention checks of [`ArtifactWriter::create`], then the file at
-    /// `path` is opened (a symbolic link is refused) and read once through the handle the artifact keeps, and its
-    /// length and every signed hash must match. The file is then made durable where it is. On a length or hash
-    /// mismatch the file is removed and the error names what did not match; after an intention error the file is
-    /// left as it is.
+    /// and makes it a `VerifiedArtifact`: first the intention checks of [`ArtifactWriter::create`], then the whole-file
+    /// check of [`VerifiedFile::from_file`] (the file is opened, a symbolic link refused, and read once through
+    /// the handle the artifact keeps; its length and every signed hash must match). The file is then made durable
+    /// where it is. On a length or hash mismatch the file is removed and the error names what did not match; after
+    /// an intention error the file is left as it is.
     pub fn from_assembled(
         path: &Path,
         target: &TrustedTarget,
         entry: &UpdateEntry,
         device: &DeviceInventory,
     ) -> Result<VerifiedArtifact, Error> {
-        let (caller, others) = ArtifactWriter::check_intention(target, entry, device)?;
-        let mut file =
-            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(Error::io("open", path))?;
-        let length = target.file().length;
-        let found = file.metadata().map_err(Error::io("stat", path))?.len();
-        let discard = |file: File, error: Error| {
-            drop(file);
-            fs::remove_file(path)?;
-            Err(error)
-        };
-        if found != length {
-            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: found });
-        }
-        let mut hashers: Vec<Hasher> = std::iter::once(caller).chain(others).collect();
-        let mut buffer = vec![0u8; BUFFER];
-        let mut read = 0u64;
-        loop {
-            let count = file.read(&mut buffer).map_err(Error::io("read", path))?;
-            if count == 0 {
-                break;
-            }
-            for hasher in &mut hashers {
-                hasher.context.update(&buffer[..count]);
-            }
-            read += count as u64;
-        }
-        if read != length {
-            // The file changed size while it was read.
-            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: read });
-        }
-        hashers.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
-        for hasher in hashers {
-            if hasher.context.finish().as_ref() != hasher.expected.as_slice() {
-                let algorithm = hasher.algorithm;
-                return discard(file, Error::HashMismatch { path: target.path().to_owned(), algorithm });
-            }
-        }
-        file.sync_all().map_err(Error::io("sync", path))?;
-        fs::sync_dir(fs::parent(path))?;
-        tracing::info!(target = %target.path(), length, path = %path.display(), "assembled file verified");
-        Ok(VerifiedArtifact { path: path.to_owned(), file, target: target.clone(), entry: entry.clone() })
+        ArtifactWriter::check_intention(target, entry, device)?;
+        let VerifiedFile { path, file, target } = VerifiedFile::from_file(path, target)?;
+        file.sync_all().map_err(Error::io("sync", &path))?;
+        fs::sync_dir(fs::parent(&path))?;
+        tracing::info!(target = %target.path(), length = target.file().length, path = %path.display(),
+            "assembled file verified");
+        Ok(VerifiedArtifact { path, file, target, entry: entry.clone() })
     }
 
     /// Where the verified file is.
@@ -535,6 +517,75 @@ impl VerifiedArtifact {
         let mut file = &self.file;
         file.seek(SeekFrom::Start(0)).map_err(Error::io("seek", &self.path))?;
         Ok(file)
+    }
+}
+
+/// A complete file whose length and every signed hash matched its target: content that may be kept and served (a
+/// peer cache), never installed. Its catalog entry went through no intention check (is it the one signed for the
+/// target, does it apply to this device), which is what a [`VerifiedArtifact`] stands for, and nothing turns one
+/// into the other: the install engine does not take it. Only [`VerifiedFile::from_file`] makes one.
+#[derive(Debug)]
+pub struct VerifiedFile {
+    path: PathBuf,
+    /// The handle the file was read through: [`VerifiedArtifact::from_assembled`] keeps it.
+    file: File,
+    target: TrustedTarget,
+}
+
+impl VerifiedFile {
+    /// The whole-file check: the file at `path` is opened (a symbolic link is refused) and read once, and its length
+    /// and every signed hash of `target` must match (SHA-256 required, SHA-512 when listed, any other algorithm
+    /// refused). On a length or hash mismatch the file is removed and the error names what did not match
+    /// ([`Error::LengthMismatch`], [`Error::HashMismatch`]); a target whose hashes cannot all be checked is refused
+    /// before the file is opened ([`Error::BadSignedHash`], [`Error::UnsupportedHash`]). The file is not synced:
+    /// making it durable is the caller's part.
+    pub fn from_file(path: &Path, target: &TrustedTarget) -> Result<VerifiedFile, Error> {
+        let mut hashers = Hasher::signed(target)?;
+        let mut file =
+            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(Error::io("open", path))?;
+        let length = target.file().length;
+        let found = file.metadata().map_err(Error::io("stat", path))?.len();
+        let discard = |file: File, error: Error| {
+            drop(file);
+            fs::remove_file(path)?;
+            Err(error)
+        };
+        if found != length {
+            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: found });
+        }
+        let mut buffer = vec![0u8; BUFFER];
+        let mut read = 0u64;
+        loop {
+            let count = file.read(&mut buffer).map_err(Error::io("read", path))?;
+            if count == 0 {
+                break;
+            }
+            for hasher in &mut hashers {
+                hasher.context.update(&buffer[..count]);
+            }
+            read += count as u64;
+        }
+        if read != length {
+            // The file changed size while it was read.
+            return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: read });
+        }
+        for hasher in hashers {
+            if hasher.context.finish().as_ref() != hasher.expected.as_slice() {
+                let algorithm = hasher.algorithm;
+                return discard(file, Error::HashMismatch { path: target.path().to_owned(), algorithm });
+            }
+        }
+        Ok(VerifiedFile { path: path.to_owned(), file, target: target.clone() })
+    }
+
+    /// Where the file was when it was verified.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What signed metadata says about it.
+    pub fn target(&self) -> &TrustedTarget {
+        &self.target
     }
 }
 
@@ -749,6 +800,70 @@ mod tests {
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let error = VerifiedArtifact::from_assembled(&link, &target, &entry, &device()).unwrap_err();
         assert!(matches!(error, Error::Io { action: "open", .. }), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), payload);
+    }
+
+    #[test]
+    fn content_for_caching_is_checked_whole_without_intention() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 11 % 239) as u8).collect();
+        // No catalog entry in `custom`, for no particular device: `from_assembled` would refuse it, `from_file`
+        // checks only the bytes. `describing` lists SHA-256 and SHA-512.
+        let target =
+            TrustedTarget::for_tests("acme/acme-1.0.img".into(), "acme".into(), TargetFile::describing(&payload, None));
+        let path = dir.path().join("content.part");
+
+        std::fs::write(&path, &payload).unwrap();
+        let content = VerifiedFile::from_file(&path, &target).unwrap();
+        assert_eq!(content.path(), path);
+        assert_eq!(content.target(), &target);
+        drop(content);
+
+        // One flipped byte: refused and removed.
+        let mut corrupt = payload.clone();
+        corrupt[123_456] ^= 0x01;
+        std::fs::write(&path, &corrupt).unwrap();
+        let error = VerifiedFile::from_file(&path, &target).unwrap_err();
+        assert!(matches!(&error, Error::HashMismatch { algorithm, .. } if algorithm == "sha256"), "{error}");
+        assert!(!path.exists());
+
+        // Only the SHA-512 disagrees: still refused.
+        std::fs::write(&path, &payload).unwrap();
+        let wrong512 = altered(&target, None, |file| {
+            file.hashes.insert("sha512".into(), hex::encode([9u8; 64]));
+        });
+        let error = VerifiedFile::from_file(&path, &wrong512).unwrap_err();
+        assert!(matches!(&error, Error::HashMismatch { algorithm, .. } if algorithm == "sha512"), "{error}");
+
+        // Short or long: refused and removed.
+        for len in [payload.len() - 1, payload.len() + 1] {
+            let mut bytes = payload.clone();
+            bytes.resize(len, 0);
+            std::fs::write(&path, &bytes).unwrap();
+            let error = VerifiedFile::from_file(&path, &target).unwrap_err();
+            assert!(matches!(error, Error::LengthMismatch { received, .. } if received == len as u64), "{error}");
+            assert!(!path.exists());
+        }
+
+        // A symbolic link is not followed; the file it names is left alone.
+        std::fs::write(&path, &payload).unwrap();
+        let link = dir.path().join("link.part");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let error = VerifiedFile::from_file(&link, &target).unwrap_err();
+        assert!(matches!(error, Error::Io { action: "open", .. }), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), payload);
+
+        // A target without a SHA-256, or with a hash custody cannot compute, is refused before the file is read.
+        let no_sha256 = altered(&target, None, |file| {
+            file.hashes.remove("sha256");
+        });
+        let error = VerifiedFile::from_file(&path, &no_sha256).unwrap_err();
+        assert!(matches!(&error, Error::BadSignedHash { algorithm, .. } if algorithm == "sha256"), "{error}");
+        let unknown = altered(&target, None, |file| {
+            file.hashes.insert("blake2b".into(), "00".repeat(32));
+        });
+        let error = VerifiedFile::from_file(&path, &unknown).unwrap_err();
+        assert!(matches!(&error, Error::UnsupportedHash { algorithm, .. } if algorithm == "blake2b"), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), payload);
     }
 

@@ -4,6 +4,8 @@
 //!   byte (the catalog entry is the one signed for this target, its content matches the signed length and SHA-256,
 //!   it applies to this device, the download fits on disk), every signed hash is computed while writing, and only a
 //!   complete, matching download becomes a `VerifiedArtifact`. Nothing else constructs one.
+//!   [`VerifiedFile`] is a file checked against the signed length and every signed hash without the intention
+//!   check (content a peer cache server keeps for other devices): it cannot be installed.
 //! - [`Installer`] takes only `VerifiedArtifact`s. It installs each product into its own root with a journal and an
 //!   atomic switch, so that a crash at any point leaves the old or the new version complete and
 //!   [`Installer::recover`] finishes or undoes the operation; it runs the signed health check, rolls back, keeps
@@ -19,7 +21,7 @@ mod error;
 mod fs;
 mod package;
 
-pub use artifact::{ArtifactWriter, VerifiedArtifact};
+pub use artifact::{ArtifactWriter, VerifiedArtifact, VerifiedFile};
 pub use engine::{
     Event, HistoryEvent, InstallOutcome, InstalledVersion, Installer, Operation, Options, OsBoot, OsPending, OsSlot,
     OsStatus, Recovered, RecoveryOutcome, RollbackOutcome, Slot, UninstallOutcome, UpdateKey,
@@ -38,6 +40,7 @@ mod tests {
         fn send<T: Send>() {}
         send::<crate::ArtifactWriter>();
         send::<crate::VerifiedArtifact>();
+        send::<crate::VerifiedFile>();
         send::<crate::Installer>();
         send::<crate::Error>();
     }

@@ -4,30 +4,28 @@
 //! with that SHA-256, fetches the piece layer (checked against the signed root) and then the pieces over HTTP from
 //! its configured sources, each verified before it is written, and the connections serve the pieces as they arrive
 //! (`Have`). Devices asking for the same content at once share one fetch. The finished file is checked whole against
-//! the signed length and every signed hash ([`CachedContent`]); a file that fails is discarded.
+//! the signed length and every signed hash by custody-install ([`VerifiedFile`], kept in a [`CachedContent`]); a
+//! file that fails is discarded.
 //!
 //! The peer supplies nothing but the content id: the hashes it is served against, the layout and the sources all come
 //! from signed metadata the cache server verified itself. Content the resolver cannot name as a signed target is
 //! refused (`Goodbye(UnknownContent)`, and a warning naming the device and the content).
 //!
 //! Content fetched this way is kept for caching only: it is not installed and not checked against this device's
-//! inventory, so it never becomes a `VerifiedArtifact`.
+//! inventory (the fetch knows no device), so it never becomes a `VerifiedArtifact`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::fs::OpenOptions;
 use std::future::Future;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use aws_lc_rs::digest;
+use custody_catalog::UpdateEntry;
 use custody_catalog::pieces::PieceTree;
-use custody_catalog::{DeviceInventory, UpdateEntry};
+use custody_install::VerifiedFile;
 use custody_p2p::{ContentId, DeviceResources, DownloadMode, GoodbyeReason};
 use custody_tls::PeerIdentity;
 use custody_tuf::TrustedTarget;
@@ -35,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cache::CacheEntry;
-use crate::{Error, PeerContext, PeerDownload, PeerDownloadConfig, PeerJob};
+use crate::download::Fetcher;
+use crate::{Error, PeerContext, PeerDownloadConfig};
 
 /// The future of [`ContentResolver::resolve`].
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = Result<CacheJob, String>> + Send + 'a>>;
@@ -91,15 +90,16 @@ pub struct CacheServerStats {
     pub bytes_served: u64,
 }
 
-/// Content fetched for the group and verified whole against the signed length and every signed hash: it may be
-/// kept and served, never installed (it went through no intention check for this device, which is what a
-/// `VerifiedArtifact` stands for). Made only by the cache server's whole-file check.
+/// Content fetched for the group, verified whole by custody-install against the signed length and every signed hash
+/// ([`VerifiedFile`]) and kept as the peer cache's complete content: it may be served, never installed (it went
+/// through no intention check for this device, which is what a `VerifiedArtifact` stands for). Made only by the
+/// cache server's whole-file check.
 #[derive(Debug)]
 pub struct CachedContent {
     content: ContentId,
-    target: String,
-    length: u64,
+    /// The complete file in the peer cache (the file was verified under its partial name, then renamed).
     path: PathBuf,
+    verified: VerifiedFile,
 }
 
 /// Why a connection for content the cache lacks is refused.
@@ -253,7 +253,7 @@ impl CacheServer {
 
     /// What the fetch of `content` needs: the signed target the resolver names, checked to be this content with a
     /// piece tree, small enough for the cache.
-    async fn prepare(&self, content: ContentId) -> Result<(PeerJob, PieceTree), Refused> {
+    async fn prepare(&self, content: ContentId) -> Result<(CacheJob, PieceTree), Refused> {
         let refuse = |reason: GoodbyeReason| move |why: String| Refused { reason, why };
         let job = self.resolver.resolve(content).await.map_err(refuse(GoodbyeReason::UnknownContent))?;
         let path = job.target.path().to_owned();
@@ -275,14 +275,6 @@ impl CacheServer {
                 info.length
             )));
         }
-        let job = PeerJob {
-            target: job.target,
-            entry: job.entry,
-            device: no_device(),
-            staging_dir: cache.dir().to_owned(),
-            content_urls: job.content_urls,
-            layer_urls: job.layer_urls,
-        };
         Ok((job, tree))
     }
 
@@ -291,22 +283,23 @@ impl CacheServer {
     async fn fetch(
         &self,
         content: ContentId,
-        job: PeerJob,
+        job: CacheJob,
         tree: PieceTree,
         state: &watch::Sender<Fill>,
     ) -> Result<CachedContent, Refused> {
         let refuse = |reason: GoodbyeReason| move |why: String| Refused { reason, why };
         let (cache, path, target) = (&self.context.cache, job.target.path().to_owned(), job.target.clone());
-        let mut download = PeerDownload::new(job, self.context.clone(), self.config.clone());
+        let (context, config) = (self.context.clone(), self.config.clone());
+        let mut fetcher = Fetcher::new(job.target, job.entry, job.content_urls, job.layer_urls, context, config);
         let failed = |err: Error| crate::error_chain(&err);
-        let hashes = download
+        let hashes = fetcher
             .layer(&tree, content, None, &[], &mut HashSet::new())
             .await
             .map_err(|err| refuse(GoodbyeReason::Busy)(failed(err)))?;
         let entry = cache.begin(content, hashes).map_err(|err| refuse(GoodbyeReason::Busy)(failed(err)))?;
         state.send_replace(Fill::Serving(entry.clone()));
         tracing::info!(%content, target = %path, "cache server: fetching for the group over HTTP");
-        let fetched = download.fetch_pieces(Vec::new()).await;
+        let fetched = fetcher.fetch_pieces(Vec::new()).await;
         let fetched = fetched.map_err(|err| refuse(GoodbyeReason::Busy)(failed(err)))?;
         self.from_http.fetch_add(fetched.stats.from_http, Ordering::Relaxed);
         let checked = tokio::task::spawn_blocking(move || CachedContent::check(&entry, &target)).await;
@@ -339,11 +332,11 @@ impl CachedContent {
 
     /// The signed target's path.
     pub fn target(&self) -> &str {
-        &self.target
+        self.verified.target().path()
     }
 
     pub fn length(&self) -> u64 {
-        self.length
+        self.verified.target().file().length
     }
 
     /// The complete file in the peer cache.
@@ -351,131 +344,19 @@ impl CachedContent {
         &self.path
     }
 
-    /// The whole-file check of content fetched for the group: the entry's file (synced first) must have the signed
-    /// length and match every signed hash; then it becomes the cache's complete content. Blocking.
+    /// The whole-file check of content fetched for the group: the entry's file (synced first) must pass
+    /// custody-install's [`VerifiedFile::from_file`] (the signed length and every signed hash; a file that fails
+    /// is removed); then it becomes the cache's complete content. Blocking.
     fn check(entry: &CacheEntry, target: &TrustedTarget) -> Result<Self, Error> {
         entry.save()?;
-        let path = entry.file_path();
-        verify_file(&path, target).map_err(|reason| Error::Cache { content: entry.content(), reason })?;
+        let verified = VerifiedFile::from_file(&entry.file_path(), target)?;
         if !entry.is_complete() {
             entry.mark_complete()?;
         }
-        Ok(Self {
-            content: entry.content(),
-            target: target.path().to_owned(),
-            length: target.file().length,
-            path: entry.file_path(),
-        })
-    }
-}
-
-/// Reads `path` once and checks it against `target`'s signed length and every signed hash (SHA-256 required,
-/// SHA-512 when listed; another algorithm is refused, as custody-install refuses it).
-fn verify_file(path: &Path, target: &TrustedTarget) -> Result<(), String> {
-    let signed = target.file();
-    if signed.sha256().is_none() {
-        return Err(format!("{}: the signed target lists no sha256", target.path()));
-    }
-    let mut hashers = Vec::with_capacity(signed.hashes.len());
-    for (algorithm, expected) in &signed.hashes {
-        let kind = match algorithm.as_str() {
-            "sha256" => &digest::SHA256,
-            "sha512" => &digest::SHA512,
-            other => return Err(format!("{}: unsupported signed hash {other:?}", target.path())),
-        };
-        let expected = hex::decode(expected).map_err(|err| format!("{}: signed {algorithm}: {err}", target.path()))?;
-        hashers.push((algorithm.as_str(), digest::Context::new(kind), expected));
-    }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|err| format!("open {}: {err}", path.display()))?;
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut read = 0u64;
-    loop {
-        let count = file.read(&mut buffer).map_err(|err| format!("read {}: {err}", path.display()))?;
-        if count == 0 {
-            break;
-        }
-        read += count as u64;
-        if read > signed.length {
-            break;
-        }
-        for (_, context, _) in &mut hashers {
-            context.update(&buffer[..count]);
-        }
-    }
-    if read != signed.length {
-        return Err(format!("{}: {read} bytes or more, the signed length is {}", target.path(), signed.length));
-    }
-    for (algorithm, context, expected) in hashers {
-        if context.finish().as_ref() != expected.as_slice() {
-            return Err(format!("{}: the file does not match the signed {algorithm}", target.path()));
-        }
-    }
-    Ok(())
-}
-
-/// The device of a cache job: none. A [`PeerJob`] names the device for custody-install's intention check, which
-/// the cache server's path never reaches (it ends with [`CachedContent::check`], not a `VerifiedArtifact`).
-fn no_device() -> DeviceInventory {
-    DeviceInventory {
-        // Invariant: both are valid tokens (lower-case letters and a dash), which always parse.
-        os_family: "cache-server".parse().expect("a valid OS family"),
-        os_version: None,
-        arch: "none".parse().expect("a valid architecture"),
-        products: Default::default(),
-        hardware_ids: Default::default(),
-        installed_updates: Default::default(),
+        Ok(Self { content: entry.content(), path: entry.file_path(), verified })
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use custody_tuf::TargetFile;
-
-    use super::*;
-
-    fn target(data: &[u8]) -> TrustedTarget {
-        TrustedTarget::for_tests("acme/acme-1.0.img".into(), "acme".into(), TargetFile::describing(data, None))
-    }
-
-    #[test]
-    fn only_the_signed_bytes_pass_the_whole_file_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let signed = target(&data);
-        let path = dir.path().join("content");
-        std::fs::write(&path, &data).unwrap();
-        verify_file(&path, &signed).unwrap();
-
-        let mut flipped = data.clone();
-        flipped[77_777] ^= 1;
-        std::fs::write(&path, &flipped).unwrap();
-        assert!(verify_file(&path, &signed).unwrap_err().contains("signed sha256"));
-        std::fs::write(&path, &data[..data.len() - 1]).unwrap();
-        assert!(verify_file(&path, &signed).unwrap_err().contains("signed length"));
-        std::fs::write(&path, [data.as_slice(), b"x"].concat()).unwrap();
-        assert!(verify_file(&path, &signed).unwrap_err().contains("signed length"));
-
-        // Every signed hash counts, and one custody cannot compute is refused rather than skipped.
-        std::fs::write(&path, &data).unwrap();
-        let mut file = signed.file().clone();
-        file.hashes.insert("sha512".into(), "00".repeat(64));
-        let wrong_sha512 = TrustedTarget::for_tests(signed.path().into(), "acme".into(), file.clone());
-        assert!(verify_file(&path, &wrong_sha512).unwrap_err().contains("signed sha512"));
-        file.hashes.remove("sha512");
-        file.hashes.insert("blake2b".into(), "00".repeat(32));
-        let unknown = TrustedTarget::for_tests(signed.path().into(), "acme".into(), file);
-        assert!(verify_file(&path, &unknown).unwrap_err().contains("unsupported"));
-        // A symbolic link is not followed.
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(verify_file(&link, &signed).is_err());
-    }
 }

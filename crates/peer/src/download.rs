@@ -141,7 +141,21 @@ impl PeerDownloadConfig {
 /// One download (module documentation). Build it, optionally keep [`PeerDownload::candidates`] to add peers found
 /// later (a matching refresh, mDNS), then [`PeerDownload::run`].
 pub struct PeerDownload {
-    job: PeerJob,
+    fetcher: Fetcher,
+    /// For custody-install's intention check.
+    device: DeviceInventory,
+    /// Where the verified artifact is made ([`PeerJob::staging_dir`]).
+    staging_dir: PathBuf,
+}
+
+/// Fetching the pieces of one signed target into the peer cache, each verified against the signed root: steps 1 to
+/// 3 of the module documentation. It knows nothing of a device: [`PeerDownload`] adds the device and the staging
+/// directory for custody-install's whole-file check, and the cache server fetches for other devices with it alone.
+pub(crate) struct Fetcher {
+    target: TrustedTarget,
+    entry: UpdateEntry,
+    content_urls: Vec<String>,
+    layer_urls: Vec<String>,
     context: PeerContext,
     config: PeerDownloadConfig,
     more: mpsc::Receiver<PeerCandidate>,
@@ -184,21 +198,22 @@ pub struct PeerReport {
 
 impl PeerDownload {
     pub fn new(job: PeerJob, context: PeerContext, config: PeerDownloadConfig) -> Self {
-        let (more_sender, more) = mpsc::channel(256);
-        Self { job, context, config, more, more_sender }
+        let PeerJob { target, entry, device, staging_dir, content_urls, layer_urls } = job;
+        let fetcher = Fetcher::new(target, entry, content_urls, layer_urls, context, config);
+        Self { fetcher, device, staging_dir }
     }
 
     /// A channel for candidates found while the download runs.
     pub fn candidates(&self) -> mpsc::Sender<PeerCandidate> {
-        self.more_sender.clone()
+        self.fetcher.more_sender.clone()
     }
 
     /// Runs the download to the end: a [`DownloadOutcome`] with the verified artifact, or an error naming what
     /// failed (every source, the layer, the whole-file check, the disk). Pieces verified so far stay in the cache
     /// for the next attempt.
     pub async fn run(mut self, candidates: Vec<PeerCandidate>) -> Result<DownloadOutcome, Error> {
-        let fetched = self.fetch_pieces(candidates).await?;
-        let artifact = Self::finish(&self.job, &fetched.entry).await?;
+        let fetched = self.fetcher.fetch_pieces(candidates).await?;
+        let artifact = self.finish(&fetched.entry).await?;
         Ok(DownloadOutcome {
             artifact,
             stats: fetched.stats,
@@ -210,23 +225,75 @@ impl PeerDownload {
         })
     }
 
+    /// Hands the assembled file to custody-install; on success the cache keeps it as complete content.
+    async fn finish(&self, entry: &Arc<CacheEntry>) -> Result<VerifiedArtifact, Error> {
+        let saving = entry.clone();
+        tokio::task::spawn_blocking(move || saving.save()).await.map_err(join_error)??;
+        let sha256 = self.fetcher.target.file().sha256().unwrap_or_default().to_ascii_lowercase();
+        let artifact_path = self.staging_dir.join(format!("{sha256}.assembled"));
+        let source = entry.file_path();
+        let (target, catalog_entry, device) =
+            (self.fetcher.target.clone(), self.fetcher.entry.clone(), self.device.clone());
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || {
+            link_or_copy(&source, &artifact_path)?;
+            match VerifiedArtifact::from_assembled(&artifact_path, &target, &catalog_entry, &device) {
+                Ok(artifact) => {
+                    if !entry.is_complete() {
+                        entry.mark_complete()?;
+                    }
+                    Ok(artifact)
+                }
+                Err(err) => {
+                    let _ = std::fs::remove_file(&artifact_path);
+                    if matches!(
+                        err,
+                        custody_install::Error::HashMismatch { .. } | custody_install::Error::LengthMismatch { .. }
+                    ) {
+                        // Every piece matched the signed root but not the whole file: nothing of it can be kept.
+                        tracing::error!(target = %target.path(), error = %err, "assembled file refused");
+                        entry.reset()?;
+                    }
+                    Err(Error::Install(err))
+                }
+            }
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+impl Fetcher {
+    pub(crate) fn new(
+        target: TrustedTarget,
+        entry: UpdateEntry,
+        content_urls: Vec<String>,
+        layer_urls: Vec<String>,
+        context: PeerContext,
+        config: PeerDownloadConfig,
+    ) -> Self {
+        let (more_sender, more) = mpsc::channel(256);
+        Self { target, entry, content_urls, layer_urls, context, config, more, more_sender }
+    }
+
     /// Every piece into the cache entry, each verified against the signed root: what [`PeerDownload::run`] does
-    /// before the whole-file check (which the cache server's path does its own way, `crate::cache_server`).
+    /// before custody-install's whole-file check (the cache server's path checks the whole file for caching,
+    /// `crate::cache_server`).
     pub(crate) async fn fetch_pieces(&mut self, candidates: Vec<PeerCandidate>) -> Result<FetchedPieces, Error> {
         // The channel of candidates found later closes when the caller's senders are gone: drop ours.
         let more = std::mem::replace(&mut self.more, mpsc::channel(1).1);
         self.more_sender = mpsc::channel(1).0;
-        let (job, context, config) = (&self.job, &self.context, &self.config);
-        let path = job.target.path().to_owned();
-        let content_info = job.entry.content();
+        let (fetcher, context, config) = (&*self, &self.context, &self.config);
+        let path = fetcher.target.path().to_owned();
+        let content_info = fetcher.entry.content();
         let Some(tree) = content_info.piece_tree() else { return Err(Error::NoPieces { path }) };
-        let Some(sha256) = job.target.file().sha256().map(str::to_ascii_lowercase) else {
+        let Some(sha256) = fetcher.target.file().sha256().map(str::to_ascii_lowercase) else {
             return Err(Error::ContentMismatch { path, field: "sha256" });
         };
         if sha256 != content_info.sha256.to_string() {
             return Err(Error::ContentMismatch { path, field: "sha256" });
         }
-        if job.target.file().length != content_info.length.get() {
+        if fetcher.target.file().length != content_info.length.get() {
             return Err(Error::ContentMismatch { path, field: "length" });
         }
         let content = ContentId::from(content_info.sha256);
@@ -260,7 +327,7 @@ impl PeerDownload {
         context.gate.learn(&candidates);
 
         let mut banned_devices = HashSet::new();
-        let hashes = self.layer(&tree, content, tls.as_ref(), &candidates, &mut banned_devices).await?;
+        let hashes = fetcher.layer(&tree, content, tls.as_ref(), &candidates, &mut banned_devices).await?;
         let entry = context.cache.begin(content, hashes.clone())?;
         let verifying = entry.clone();
         let have = tokio::task::spawn_blocking(move || verifying.reverify()).await.map_err(join_error)??;
@@ -277,7 +344,7 @@ impl PeerDownload {
         let now = Instant::now();
         let rate = config.policy.download_rate(config.foreground);
         let mut state = State {
-            job,
+            fetcher,
             context,
             config,
             entry: entry.clone(),
@@ -305,7 +372,7 @@ impl PeerDownload {
             connects: JoinSet::new(),
             http: JoinSet::new(),
             http_tasks: HashMap::new(),
-            http_sources: job.content_urls.iter().map(|url| HttpSource::new(url)).collect(),
+            http_sources: fetcher.content_urls.iter().map(|url| HttpSource::new(url)).collect(),
             limiter: RateLimiter::new(rate, crate::node::BURST, now),
             throttle_until: None,
             last_progress: now,
@@ -330,7 +397,7 @@ impl PeerDownload {
         candidates: &[PeerCandidate],
         banned: &mut HashSet<String>,
     ) -> Result<PieceHashes, Error> {
-        let (job, context, config) = (&self.job, &self.context, &self.config);
+        let (context, config) = (&self.context, &self.config);
         if let Some(entry) = context.cache.get(&content)
             && entry.tree() == tree
         {
@@ -338,7 +405,7 @@ impl PeerDownload {
         }
         let mut failures = Vec::new();
         let limit = tree.layout().piece_count().saturating_mul(32);
-        for url in &job.layer_urls {
+        for url in &self.layer_urls {
             let client = match (url.starts_with("https://"), &context.pinned) {
                 (true, Some(pinned)) => pinned,
                 (true, None) => {
@@ -371,46 +438,11 @@ impl PeerDownload {
                 }
             }
         }
-        Err(Error::NoLayer { path: job.target.path().to_owned(), failures })
-    }
-
-    /// Hands the assembled file to custody-install; on success the cache keeps it as complete content.
-    async fn finish(job: &PeerJob, entry: &Arc<CacheEntry>) -> Result<VerifiedArtifact, Error> {
-        let saving = entry.clone();
-        tokio::task::spawn_blocking(move || saving.save()).await.map_err(join_error)??;
-        let sha256 = job.target.file().sha256().unwrap_or_default().to_ascii_lowercase();
-        let artifact_path = job.staging_dir.join(format!("{sha256}.assembled"));
-        let source = entry.file_path();
-        let (job, entry) = (job.clone(), entry.clone());
-        tokio::task::spawn_blocking(move || {
-            link_or_copy(&source, &artifact_path)?;
-            match VerifiedArtifact::from_assembled(&artifact_path, &job.target, &job.entry, &job.device) {
-                Ok(artifact) => {
-                    if !entry.is_complete() {
-                        entry.mark_complete()?;
-                    }
-                    Ok(artifact)
-                }
-                Err(err) => {
-                    let _ = std::fs::remove_file(&artifact_path);
-                    if matches!(
-                        err,
-                        custody_install::Error::HashMismatch { .. } | custody_install::Error::LengthMismatch { .. }
-                    ) {
-                        // Every piece matched the signed root but not the whole file: nothing of it can be kept.
-                        tracing::error!(target = %job.target.path(), error = %err, "assembled file refused");
-                        entry.reset()?;
-                    }
-                    Err(Error::Install(err))
-                }
-            }
-        })
-        .await
-        .map_err(join_error)?
+        Err(Error::NoLayer { path: self.target.path().to_owned(), failures })
     }
 }
 
-/// What [`PeerDownload::fetch_pieces`] leaves: the cache entry holding every piece, verified piece by piece, and the
+/// What [`Fetcher::fetch_pieces`] leaves: the cache entry holding every piece, verified piece by piece, and the
 /// download's figures ([`DownloadOutcome`] without the artifact).
 pub(crate) struct FetchedPieces {
     pub entry: Arc<CacheEntry>,
@@ -433,7 +465,7 @@ impl Drop for Unregister {
 
 /// The running download.
 struct State<'a> {
-    job: &'a PeerJob,
+    fetcher: &'a Fetcher,
     context: &'a PeerContext,
     config: &'a PeerDownloadConfig,
     entry: Arc<CacheEntry>,
@@ -944,7 +976,7 @@ impl State<'_> {
             return Ok(());
         }
         let mut failures: Vec<String> = self.http_sources.iter().filter_map(|s| s.dead.clone()).collect();
-        if self.job.content_urls.is_empty() {
+        if self.fetcher.content_urls.is_empty() {
             failures.push("no HTTP source configured".to_owned());
         }
         for report in self.reports.values() {
@@ -969,7 +1001,7 @@ impl State<'_> {
         }
         let have = self.swarm.have();
         Err(Error::Incomplete {
-            path: self.job.target.path().to_owned(),
+            path: self.fetcher.target.path().to_owned(),
             have: have.count(),
             count: have.len(),
             failures,
