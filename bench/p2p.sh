@@ -256,7 +256,7 @@ EOF
     echo "custody: agents' CPU per received GiB ${agent_cpu}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; ratio $(echo "scale=2; $agent_cpu/$openssl_cpu" | bc)"
     if [ -n "${KEEP_LOGS:-}" ]; then   # the daemons' logs, for a closer look (the work directory is removed)
         mkdir -p "$KEEP_LOGS"
-        for i in $(seq 1 "$N"); do cp "$C/d$i/daemon.log" "$KEEP_LOGS/d$i.log"; done
+        for i in $(seq 1 "$N"); do cp "$C/d$i/daemon.log" "$KEEP_LOGS/d$i.log"; cp "$C/d$i/download.json" "$KEEP_LOGS/d$i.json"; done
     fi
     for w in "${PIDS[@]}"; do kill "$w" 2>/dev/null || true; done
     sleep 1; PIDS=()

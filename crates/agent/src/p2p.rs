@@ -468,6 +468,10 @@ impl P2p {
             from_http = outcome.stats.from_http,
             from_peers = outcome.stats.from_peers(),
             resumed = outcome.resumed_pieces,
+            duplicate_bytes = outcome.counters.duplicate_bytes,
+            timed_out_requests = outcome.counters.timed_out_requests,
+            corrupt_pieces = outcome.counters.corrupt_pieces,
+            banned = outcome.counters.banned_sources,
             "downloaded piece by piece and verified"
         );
         // Tell the matching service this device now has all of it (best effort).

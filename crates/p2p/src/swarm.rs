@@ -8,8 +8,8 @@
 //!   ([`crate::layer::verify_layer`]), before it counts: [`Swarm::piece_received`] returns [`Received::Verified`]
 //!   only then, and only then does the caller write it, announce it with `Have` and count it.
 //! - **Rarest first**: peers are asked for the missing pieces fewest connected peers have, ties broken by a random
-//!   order fixed per download (seeded by [`SwarmConfig::seed`]), up to [`SwarmConfig::pipeline_depth`] requests in
-//!   flight per peer.
+//!   order fixed per download (seeded by [`SwarmConfig::seed`]), up to [`SwarmConfig::pipeline_depth`] requests
+//!   and [`SwarmConfig::pipeline_bytes`] in flight per peer.
 //! - **HTTP in parallel from the start, each piece from the origin about once**: every device of a swarm takes from
 //!   HTTP only its *share* of the pieces no connected peer has, so that the devices starting together fetch disjoint
 //!   pieces from the origin and exchange them ([`Swarm::next_http_request`]). Shares are rendezvous hashing over the
@@ -23,8 +23,9 @@
 //!   connected cache server owns every piece: its group's devices leave the origin to it. HTTP takes pieces peers
 //!   have only when the peers are slow: they delivered less than [`SwarmConfig::min_peer_rate`] over
 //!   [`SwarmConfig::peer_rate_window`] (after the delay), or nothing for [`SwarmConfig::peer_stall_timeout`].
-//! - **Endgame**: once every missing piece is in flight, idle peers (and HTTP, under the rules above) are asked for
-//!   pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per piece; the first copy that
+//! - **Endgame**: once every missing piece is in flight, idle peers (one piece at a time each) and HTTP (under the
+//!   rules above) are asked for pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per
+//!   piece, those with the fewest requests first; the first copy that
 //!   verifies wins and the others are cancelled ([`Action::Cancel`], [`Action::CancelHttp`]).
 //! - **Slow or silent peers never stall the download**: a peer that delivers nothing within the request timeout
 //!   ([`SwarmConfig::request_timeout`]) loses its requests to the pool (and to HTTP); after
@@ -96,8 +97,10 @@ pub enum Source {
 /// The scheduler's settings. The defaults suit pieces of 256 KiB to 4 MiB on a LAN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SwarmConfig {
-    /// Requests in flight per peer.
+    /// Requests in flight per peer: at most this many, and no more than `pipeline_bytes` of pieces (but at least
+    /// two pieces). A deep queue at a busy peer only makes its requests wait, time out and come twice.
     pub pipeline_depth: usize,
+    pub pipeline_bytes: u64,
     /// Requests in flight per cache server.
     pub cache_server_pipeline_depth: usize,
     /// A peer with requests in flight must deliver a piece within `max(request_timeout, request_timeout_per_mib ×
@@ -133,6 +136,7 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         Self {
             pipeline_depth: 4,
+            pipeline_bytes: 2 << 20,
             cache_server_pipeline_depth: 8,
             request_timeout: Duration::from_secs(10),
             request_timeout_per_mib: Duration::from_secs(4),
@@ -445,9 +449,13 @@ impl Swarm {
         let Some(state) = self.peers.get(&peer) else {
             return Vec::new();
         };
+        let piece_size = u64::from(self.hashes.tree().layout().piece_size().get());
         let depth = match state.kind {
             PeerKind::CacheServer => self.config.cache_server_pipeline_depth,
-            _ => self.config.pipeline_depth,
+            _ => self
+                .config
+                .pipeline_depth
+                .min(usize::try_from(self.config.pipeline_bytes / piece_size).unwrap_or(usize::MAX).max(2)),
         };
         let room = depth.saturating_sub(state.requests.len());
         if state.dropping || room == 0 {
@@ -463,7 +471,9 @@ impl Swarm {
             .filter(|&piece| may_ask(piece))
             .take(room)
             .collect();
-        if picked.len() < room && self.pool.is_empty() {
+        // In the endgame a peer gets one duplicate at a time: each costs a piece of someone's upload.
+        let duplicates = state.requests.iter().filter(|&&piece| self.pieces[piece as usize].requests.len() > 1).count();
+        if picked.len() < room && self.pool.is_empty() && duplicates == 0 {
             let source = Source::Peer(peer);
             let mut endgame: Vec<(usize, u32, u32)> = self
                 .in_flight
@@ -477,7 +487,7 @@ impl Swarm {
                 .map(|(state, piece)| (state.requests.len(), self.rank[piece as usize], piece))
                 .collect();
             endgame.sort_unstable();
-            picked.extend(endgame.into_iter().take(room - picked.len()).map(|(_, _, piece)| piece));
+            picked.extend(endgame.into_iter().take(1).map(|(_, _, piece)| piece));
         }
         for &piece in &picked {
             self.add_request(piece, Source::Peer(peer));
@@ -755,7 +765,8 @@ impl Swarm {
             self.peer_deliveries.pop_front();
         }
         let bytes: u64 = self.peer_deliveries.iter().map(|&(_, bytes)| bytes).sum();
-        now >= self.start + window && u128::from(bytes) * 1000 < u128::from(self.config.min_peer_rate) * window.as_millis()
+        now >= self.start + window
+            && u128::from(bytes) * 1000 < u128::from(self.config.min_peer_rate) * window.as_millis()
     }
 
     /// Recomputes the HTTP shares if the peers changed: rendezvous hashing of every piece over this device and the
@@ -942,7 +953,9 @@ impl Swarm {
 /// A device's key in the HTTP shares: FNV-1a of its device id (the common name of its certificate), mixed. Every
 /// device computes the same key for the same id, so the devices of a swarm agree on who owns which piece.
 pub fn share_key(device: &str) -> u64 {
-    let fnv = device.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    let fnv = device
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
     SplitMix64(fnv).next()
 }
 
@@ -1025,9 +1038,10 @@ mod tests {
         let for_b = swarm.next_peer_requests(B, now);
         assert_eq!(sorted(for_b[..2].to_vec()), vec![2, 3], "rarest first: {for_b:?}");
         assert_eq!(sorted(for_b[2..].to_vec()), vec![0, 1]);
-        // Every piece is in flight now: the endgame gives C duplicates of what it has.
+        // Every piece is in flight now: the endgame gives C a duplicate of what it has, one at a time.
         assert!(swarm.is_endgame());
-        assert_eq!(sorted(swarm.next_peer_requests(C, now)), vec![0, 1]);
+        let for_c = swarm.next_peer_requests(C, now);
+        assert!(for_c.len() == 1 && for_c[0] < 2, "{for_c:?}");
 
         // Availability follows Have and departures: after B leaves, its pieces are rarer again.
         swarm.peer_have(C, 7).unwrap();
@@ -1036,7 +1050,8 @@ mod tests {
         assert_eq!(swarm.peer_requests(B), &[] as &[u32]);
         assert_eq!(swarm.pieces[2].availability, 1);
         assert!(swarm.pool.contains(&(1, swarm.rank[2], 2)) && swarm.pool.contains(&(1, swarm.rank[3], 3)));
-        assert!(!swarm.pool.iter().any(|&(_, _, piece)| piece < 2), "0 and 1 are still asked of C");
+        assert!(!swarm.pool.iter().any(|&(_, _, piece)| piece == for_c[0]), "still asked of C");
+        assert!(swarm.pool.contains(&(2, swarm.rank[1 - for_c[0] as usize], 1 - for_c[0])), "back to the pool");
     }
 
     #[test]
@@ -1065,6 +1080,13 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert!(!first.contains(&next[0]));
         assert_eq!(swarm.peer_requests(A).len(), 4);
+
+        // Big pieces: no more than `pipeline_bytes` in flight, but at least two pieces.
+        for (bytes, depth) in [(3 * PIECE as u64, 3), (PIECE as u64, 2)] {
+            let (_, mut big, now) = self::swarm(20, SwarmConfig { pipeline_bytes: bytes, ..SwarmConfig::default() });
+            peer_with(&mut big, 1, PeerKind::Lan, 0..20, now);
+            assert_eq!(big.next_peer_requests(A, now).len(), depth);
+        }
     }
 
     #[test]
@@ -1076,32 +1098,35 @@ mod tests {
         assert!(!swarm.is_endgame());
         assert_eq!(sorted(swarm.next_peer_requests(A, now)), vec![0, 1, 2, 3]);
         assert!(swarm.is_endgame());
-        assert_eq!(sorted(swarm.next_peer_requests(B, now)), vec![0, 1, 2, 3], "every piece asked twice");
-        assert!(swarm.next_peer_requests(C, now).is_empty(), "at most endgame_max_requests per piece");
+        let b = swarm.next_peer_requests(B, now);
+        assert_eq!(b.len(), 1, "one duplicate at a time per peer");
+        assert!(swarm.next_peer_requests(B, now).is_empty());
+        let c = swarm.next_peer_requests(C, now);
+        assert_eq!(c.len(), 1);
+        assert_ne!(c, b, "the pieces asked of fewest sources first");
 
-        assert_eq!(swarm.piece_received(Source::Peer(B), 2, piece(&data, 2), now), Received::Verified);
-        assert_eq!(swarm.poll(now), vec![Action::Cancel { peer: A, piece: 2 }]);
-        assert!(!swarm.peer_requests(A).contains(&2));
+        assert_eq!(swarm.piece_received(Source::Peer(B), b[0], piece(&data, b[0]), now), Received::Verified);
+        assert_eq!(swarm.poll(now), vec![Action::Cancel { peer: A, piece: b[0] }]);
+        assert!(!swarm.peer_requests(A).contains(&b[0]));
         // A's copy, already on its way, is a duplicate, not held against A.
-        assert_eq!(swarm.piece_received(Source::Peer(A), 2, piece(&data, 2), now), Received::Duplicate);
+        assert_eq!(swarm.piece_received(Source::Peer(A), b[0], piece(&data, b[0]), now), Received::Duplicate);
         assert_eq!(swarm.counters().duplicate_bytes, PIECE as u64);
         assert_eq!(swarm.peers[&A].bad, 0);
-        // C may now help with what is in flight once only... nothing: every piece left is asked of two peers.
-        assert!(swarm.next_peer_requests(C, now).is_empty());
-        for index in [0, 1, 3] {
-            assert_eq!(swarm.piece_received(Source::Peer(A), index, piece(&data, index), now), Received::Verified);
+        // B is free again: its next duplicate is neither its last nor C's (at most endgame_max_requests per piece).
+        let b2 = swarm.next_peer_requests(B, now);
+        assert_eq!(b2.len(), 1);
+        assert!(b2[0] != b[0] && b2[0] != c[0]);
+        let rest: Vec<u32> = (0..4).filter(|&index| index != b[0]).collect();
+        for &index in &rest {
+            let copy = piece(&data, index);
+            assert_eq!(swarm.piece_received(Source::Peer(A), index, copy, now), Received::Verified);
         }
         assert!(swarm.is_complete());
         let mut cancels = swarm.poll(now);
         cancels.sort_by_key(|action| format!("{action:?}"));
-        assert_eq!(
-            cancels,
-            vec![
-                Action::Cancel { peer: B, piece: 0 },
-                Action::Cancel { peer: B, piece: 1 },
-                Action::Cancel { peer: B, piece: 3 }
-            ]
-        );
+        let mut expected = vec![Action::Cancel { peer: B, piece: b2[0] }, Action::Cancel { peer: C, piece: c[0] }];
+        expected.sort_by_key(|action| format!("{action:?}"));
+        assert_eq!(cancels, expected);
         assert_eq!(swarm.stats().from_lan_peers, data.len() as u64);
     }
 
