@@ -226,8 +226,13 @@ impl AgentConfig {
                 .unwrap_or_default();
             format!("http://{host}/targets/")
         });
-        let mut sources: Vec<String> = self.transport.content.sources.iter().cloned().map(with_slash).collect();
-        let origin = with_slash(origin);
+        // The same server written two ways (`http://host/` and `http://host:80/`) is one source.
+        let normal = |url: String| match reqwest::Url::parse(&url) {
+            Ok(parsed) => with_slash(parsed.to_string()),
+            Err(_) => with_slash(url),
+        };
+        let mut sources: Vec<String> = self.transport.content.sources.iter().cloned().map(normal).collect();
+        let origin = normal(origin);
         if !sources.contains(&origin) {
             sources.push(origin);
         }
@@ -398,6 +403,9 @@ mod tests {
         assert_eq!(config.agent.local_api.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.metadata_url(), "https://updates.example.com:8443/metadata/");
         assert_eq!(config.content_sources(), ["http://cdn.example.com/c/", "http://updates.example.com/targets/"]);
+        // The origin written with its default port is the origin, not a second source.
+        let config = parse("[content]\nsources = [\"http://updates.example.com:80/targets/\"]\n").unwrap();
+        assert_eq!(config.content_sources(), ["http://updates.example.com/targets/"]);
         assert_eq!(config.api_url(), "https://updates.example.com:8443/");
         assert_eq!(config.policy, Policy::default());
         assert_eq!(config.request_timeout(), Duration::from_secs(60));

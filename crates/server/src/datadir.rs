@@ -241,7 +241,8 @@ impl DataDir {
              [service]\nurl = \"{https_url}\"\n\n[admin]\nurl = \"{https_url}\"\n\n[tls]\n\
              roots = [\"../pki/root/cert.pem\"]\npins = [\"{pin}\"]\n\
              crls = [\"../pki/root/crl.pem\", \"../pki/ca/{SERVICE_CA}/crl.pem\"]\n\n\
-             [content]\nsources = [\"{http_url}\"]\n"
+             [content]\nsources = [\"{http_url}/targets/\"]\n",
+            http_url = http_url.trim_end_matches('/'),
         );
         let path = self.client_dir().join("custody.toml");
         write_file(&path, text.as_bytes(), 0o644)?;

@@ -428,7 +428,7 @@ fn write_agent_config(device_dir: &Path, name: &str, client_config: &Path, data:
     let config = format!(
         "# custody demo device {name} (docs/configuration.md, \"Agent\")\n{transport}\n\
          [proxy]\nfrom_environment = false\n\n\
-         [agent]\nstate_dir = \"state\"\ntrusted_root = \"{root}\"\norigin_url = \"{origin}/targets/\"\n\
+         [agent]\nstate_dir = \"state\"\ntrusted_root = \"{root}\"\norigin_url = \"{origin}/\"\n\
          products = [{products}]\nos_release = \"os-release\"\n{arch}\
          hardware_ids = [\"{HARDWARE_ID}\"]\ntime_zone = \"UTC\"\n\n\
          [agent.local_api]\nsocket = \"agent.sock\"\n\n\
