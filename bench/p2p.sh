@@ -12,9 +12,12 @@
 # byte a host sends is shaped by its own class.
 #
 # Reported, for both systems: time until the last device has the verified file, T* = max(F/u_s, F/d_min,
-# N*F/(u_s + sum u_i)) (d_min is unlimited here), the ratio T/T*, bytes the origin/seeder sent (tc counters), and for
-# custody the CPU per received GiB of the agents during the download, against `openssl dgst -sha256` over the same
-# bytes.
+# N*F/(u_s + sum u_i)) (d_min is unlimited here), the ratio T/T*, bytes the origin/seeder sent (tc counters), and the
+# CPU per received GiB of the custody agents (or aria2 leechers) during the download, user and system (the kernel's
+# TCP/IP, page cache and scheduling) apart, against `openssl dgst -sha256` over the same bytes.
+#
+# KEEP_LOGS=DIR keeps the daemons' logs and download reports, AGENT_LOG sets their log filter, PERF_HOOK=CMD runs CMD
+# in the background when the custody downloads start (a sampler, a profiler), HTTP_DELAY sets the agents' HTTP delay.
 #
 # Needs root and (Debian) iproute2 aria2 opentracker mktorrent bc openssl; installs nothing.
 set -euo pipefail
@@ -100,34 +103,56 @@ run_aria2() {
         -T "$A/payload.torrent" >"$A/seed.log" 2>&1 &
     PIDS+=($!)
     sleep 0.5
-    local t0; t0=$(date +%s.%N)
+    local t0 leechers=() cpu_before; t0=$(date +%s.%N)
     for i in $(seq 1 "$N"); do
         mkdir -p "$A/l$i"
         printf '#!/bin/sh\ndate +%%s.%%N > %s/marks/l%s.done\n' "$A" "$i" > "$A/hook$i.sh"; chmod +x "$A/hook$i.sh"
         ip netns exec "$NS" aria2c "${common[@]}" --interface=127.0.0.$((11 + i)) -d "$A/l$i" \
             --on-bt-download-complete="$A/hook$i.sh" -T "$A/payload.torrent" >"$A/l$i.log" 2>&1 &
-        PIDS+=($!)
+        PIDS+=($!); leechers+=($!)
     done
+    cpu_before=$(cpu_ticks "${leechers[@]}")
     wait_for_files "$A/marks" "$N"
-    local t1; t1=$(date +%s.%N)
+    local t1 cpu_after; t1=$(date +%s.%N)
+    cpu_after=$(cpu_ticks "${leechers[@]}")
     local ref ok=1; ref=$(sha256sum "$W/payload/payload.bin" | cut -d' ' -f1)
     for i in $(seq 1 "$N"); do [ "$(sha256sum "$A/l$i/payload.bin" | cut -d' ' -f1)" = "$ref" ] || ok=0; done
     local seed_sent=$(( $(sent_bytes 11) - seed_before ))
     ARIA2_T=$(echo "$t1 - $t0" | bc)
     ARIA2_ORIGIN_MIB=$(echo "scale=1; $seed_sent/1048576" | bc)
     echo "aria2:   swarm_time=${ARIA2_T}s ratio=$(echo "scale=2; $ARIA2_T/$LB" | bc) seeder_sent=${ARIA2_ORIGIN_MIB}MiB sha256_ok=$ok"
+    local user system openssl_cpu
+    read -r user system < <(per_gib $cpu_before $cpu_after)
+    openssl_cpu=$(openssl_per_gib)
+    echo "aria2:   leechers' CPU per received GiB: user ${user}s, system ${system}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; user/openssl $(echo "scale=2; $user/$openssl_cpu" | bc)"
     # Stop this swarm before the next system runs.
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 1; PIDS=()
     rm -rf "$A"
 }
 
-cpu_ticks() { # utime+stime of the given PIDs, in clock ticks
-    local total=0 p
+cpu_ticks() { # "utime stime" summed over the given PIDs, in clock ticks
+    local user=0 system=0 p u s
     for p in "$@"; do
-        total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+        read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo 0 0)
+        user=$((user + u)); system=$((system + s))
     done
-    echo "$total"
+    echo "$user $system"
+}
+
+# openssl dgst -sha256 over the payload: CPU seconds per GiB, from this shell's children's rusage.
+openssl_per_gib() {
+    local t_start t_end
+    t_start=$(awk '{print $16 + $17}' /proc/$$/stat)
+    openssl dgst -sha256 "$W/payload/payload.bin" >/dev/null
+    t_end=$(awk '{print $16 + $17}' /proc/$$/stat)
+    echo "scale=3; ($t_end - $t_start)/$(getconf CLK_TCK)/($SIZE_MB/1024)" | bc
+}
+
+# "user system" CPU seconds per received GiB between two cpu_ticks readings.
+per_gib() {
+    local gib; gib=$(echo "scale=6; $N*$SIZE_MB/1024" | bc)
+    echo "$(echo "scale=3; ($3 - $1)/$(getconf CLK_TCK)/$gib" | bc) $(echo "scale=3; ($4 - $2)/$(getconf CLK_TCK)/$gib" | bc)"
 }
 
 run_custody() {
@@ -243,17 +268,11 @@ EOF
     done
     CUSTODY_T=$(echo "$t1 - $t0" | bc)
     CUSTODY_ORIGIN_MIB=$(echo "scale=1; $origin_sent/1048576" | bc)
-    local hz gib agent_cpu openssl_cpu t_start t_end
-    hz=$(getconf CLK_TCK)
-    gib=$(echo "scale=6; $N*$SIZE_MB/1024" | bc)
-    agent_cpu=$(echo "scale=3; ($cpu_after - $cpu_before)/$hz/$gib" | bc)
-    # openssl's CPU over the same bytes, from its own rusage (children of a subshell).
-    t_start=$(awk '{print $16 + $17}' /proc/$$/stat)
-    openssl dgst -sha256 "$W/payload/payload.bin" >/dev/null
-    t_end=$(awk '{print $16 + $17}' /proc/$$/stat)
-    openssl_cpu=$(echo "scale=3; ($t_end - $t_start)/$hz/($SIZE_MB/1024)" | bc)
+    local user system openssl_cpu
+    read -r user system < <(per_gib $cpu_before $cpu_after)
+    openssl_cpu=$(openssl_per_gib)
     echo "custody: swarm_time=${CUSTODY_T}s ratio=$(echo "scale=2; $CUSTODY_T/$LB" | bc) origin_sent=${CUSTODY_ORIGIN_MIB}MiB ($(echo "scale=2; $origin_sent/1048576/$SIZE_MB" | bc)x F) sha256_ok=$ok"
-    echo "custody: agents' CPU per received GiB ${agent_cpu}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; ratio $(echo "scale=2; $agent_cpu/$openssl_cpu" | bc)"
+    echo "custody: agents' CPU per received GiB: user ${user}s, system ${system}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; user/openssl $(echo "scale=2; $user/$openssl_cpu" | bc), (user+system)/openssl $(echo "scale=2; ($user + $system)/$openssl_cpu" | bc)"
     if [ -n "${KEEP_LOGS:-}" ]; then   # the daemons' logs, for a closer look (the work directory is removed)
         mkdir -p "$KEEP_LOGS"
         for i in $(seq 1 "$N"); do cp "$C/d$i/daemon.log" "$KEEP_LOGS/d$i.log"; cp "$C/d$i/download.json" "$KEEP_LOGS/d$i.json"; done

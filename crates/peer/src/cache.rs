@@ -55,6 +55,8 @@ pub struct CacheEntry {
     haves: broadcast::Sender<u32>,
     /// The events channel of the download filling this entry, if one runs: incoming connections join it.
     download: Mutex<Option<mpsc::Sender<Event>>>,
+    /// Held while the sidecar is saved: saves run beside the writes, one at a time.
+    saving: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -290,6 +292,7 @@ impl CacheEntry {
     /// Syncs the `.part` file and then writes the `.have` sidecar, if pieces were written since the last time.
     /// Blocking.
     pub(crate) fn save(&self) -> Result<(), Error> {
+        let _saving = lock(&self.saving);
         let (file, have) = {
             let state = lock(&self.state);
             if state.unsaved == 0 || state.complete {
@@ -556,6 +559,7 @@ impl CacheEntry {
             state: Mutex::new(state),
             haves,
             download: Mutex::new(None),
+            saving: Mutex::new(()),
         }
     }
 

@@ -6,9 +6,10 @@
 //! 2. **Resume.** The cache entry of the content is opened or created; every piece an earlier run recorded in the
 //!    `.have` sidecar is read back and verified, and only those that verify are kept.
 //! 3. **Swarm.** Connections to the candidates (at most `max_peers` at once; incoming connections for this content
-//!    join too), HTTP `Range` requests to every source in parallel (`http_parallel` each), all scheduled by
-//!    custody-p2p's `Swarm`: every piece is verified before it is written at its offset, announced with `Have` and
-//!    counted; the swarm's bans close the connection and the device is never connected again for this content;
+//!    join too), HTTP `Range` requests to every source in parallel (`http_parallel` each; one each while other
+//!    devices share the origin's pieces), all scheduled by custody-p2p's `Swarm`: every piece is verified before it
+//!    is written at its offset (off the event loop), announced with `Have` once written, and counted; the swarm's
+//!    bans close the connection and the device is never connected again for this content;
 //!    protocol violations (a frame the decoder refuses, a message out of order, a bad layer) ban at once.
 //! 4. **Whole file.** The assembled file is handed to custody-install ([`VerifiedArtifact::from_assembled`]), which
 //!    checks intention, the length and every signed hash, and alone makes the `VerifiedArtifact`.
@@ -85,7 +86,7 @@ pub struct PeerDownloadConfig {
     /// A download the user waits for (the foreground rate limit and HTTP delay apply) or a background one.
     pub foreground: bool,
     pub swarm: SwarmConfig,
-    /// HTTP requests in flight per source.
+    /// HTTP requests in flight per source; one while other devices share the origin's pieces.
     pub http_parallel: usize,
     /// Outgoing peer connections at once (incoming ones are bounded by the node).
     pub max_peers: usize,
@@ -372,6 +373,7 @@ impl Fetcher {
             connects: JoinSet::new(),
             http: JoinSet::new(),
             http_tasks: HashMap::new(),
+            writes: JoinSet::new(),
             http_sources: fetcher.content_urls.iter().map(|url| HttpSource::new(url)).collect(),
             limiter: RateLimiter::new(rate, crate::node::BURST, now),
             throttle_until: None,
@@ -463,6 +465,9 @@ impl Drop for Unregister {
     }
 }
 
+/// Piece writes in flight at once ([`State::writes`]).
+const MAX_WRITES: usize = 16;
+
 /// The running download.
 struct State<'a> {
     fetcher: &'a Fetcher,
@@ -490,6 +495,9 @@ struct State<'a> {
     connecting: HashSet<SocketAddr>,
     connects: JoinSet<(PeerCandidate, Result<Established, ConnectError>)>,
     http: JoinSet<HttpDone>,
+    /// Verified pieces being written (and the sidecar saved) off the event loop, so that a slow disk or a sync
+    /// does not hold up the peers; each piece is announced once it is written.
+    writes: JoinSet<Result<(), Error>>,
     http_tasks: HashMap<(usize, u32), AbortHandle>,
     http_sources: Vec<HttpSource>,
     limiter: RateLimiter,
@@ -549,6 +557,7 @@ impl State<'_> {
                         self.http_done(done).await?;
                     }
                 }
+                Some(written) = self.writes.join_next(), if !self.writes.is_empty() => written.map_err(join_error)??,
                 Some(connected) = self.connects.join_next(), if !self.connects.is_empty() => {
                     if let Ok((candidate, result)) = connected {
                         self.connected(candidate, result);
@@ -561,8 +570,11 @@ impl State<'_> {
                 () = tokio::time::sleep_until(wakeup.into()) => {}
             }
         }
-        // Announce completion to the peers through the entry (the last Have went out with the last write) and stop
-        // what is still in flight.
+        // Every piece written: the last Have goes out with the last write and announces completion. Then stop what
+        // is still in flight.
+        while let Some(written) = self.writes.join_next().await {
+            written.map_err(join_error)??;
+        }
         self.http.abort_all();
         for info in self.active.values().filter_map(|id| self.sessions.get(id)) {
             for piece in self.swarm.peer_requests(info.pid) {
@@ -599,11 +611,16 @@ impl State<'_> {
 
     fn start_http(&mut self, source: usize, now: Instant) {
         loop {
+            // In a swarm the origin's bandwidth is shared by its devices anyway: one request at a time per source
+            // brings each piece in sooner for the peers, and the first ones at all. Alone means no peer connected,
+            // being connected to or waiting to be.
+            let alone = self.swarm.share_members() == 1 && self.connecting.is_empty() && self.pending.is_empty();
+            let parallel = match alone {
+                true => self.config.http_parallel,
+                false => 1,
+            };
             let state = &self.http_sources[source];
-            if state.dead.is_some()
-                || state.in_flight >= self.config.http_parallel
-                || state.retry_at.is_some_and(|at| now < at)
-            {
+            if state.dead.is_some() || state.in_flight >= parallel || state.retry_at.is_some_and(|at| now < at) {
                 return;
             }
             let Some(piece) = self.swarm.next_http_request(source, now) else { return };
@@ -639,8 +656,10 @@ impl State<'_> {
                 continue;
             }
             let banned = candidate.device.as_ref().is_some_and(|device| self.banned_devices.contains(device));
-            let connected =
-                self.active.values().filter_map(|id| self.sessions.get(id)).any(|s| s.addr == candidate.addr);
+            // Connected already: to this address, or to this device (it connected to us).
+            let device = candidate.device.as_ref().and_then(|device| self.pids.get(device));
+            let connected = device.is_some_and(|pid| self.active.contains_key(pid))
+                || self.active.values().filter_map(|id| self.sessions.get(id)).any(|s| s.addr == candidate.addr);
             let attempts = self.attempts.entry(candidate.addr).or_insert(0);
             if banned || connected || self.connecting.contains(&candidate.addr) || *attempts >= self.config.max_attempts
             {
@@ -728,6 +747,7 @@ impl State<'_> {
                             if let Some(report) = self.reports.get_mut(&pid) {
                                 report.received += data.len() as u64;
                             }
+                            tracing::trace!(peer = %pid, piece, "piece verified");
                             self.verified(piece, data, now).await?;
                         } else {
                             tracing::debug!(peer = %pid, piece, ?received, "piece from peer not taken");
@@ -914,6 +934,7 @@ impl State<'_> {
                     let state = &mut self.http_sources[source];
                     state.failures = 0;
                     state.retry_at = None;
+                    tracing::trace!(source, piece, "piece verified from HTTP");
                     self.verified(piece, data, now).await?;
                 }
                 Received::Corrupt { banned } | Received::Unexpected { banned } => {
@@ -944,13 +965,17 @@ impl State<'_> {
         self.last_progress = now;
         let len = data.len() as u64;
         let entry = self.entry.clone();
-        let save = entry.unsaved() + 1 >= self.config.save_every || self.swarm.is_complete();
-        tokio::task::spawn_blocking(move || {
+        let save = entry.unsaved() + 1 >= self.config.save_every;
+        // Writes in flight are bounded: a disk slower than the network holds the download back here.
+        while self.writes.len() >= MAX_WRITES
+            && let Some(written) = self.writes.join_next().await
+        {
+            written.map_err(join_error)??;
+        }
+        self.writes.spawn_blocking(move || {
             entry.write_piece(piece, &data)?;
             if save { entry.save() } else { Ok(()) }
-        })
-        .await
-        .map_err(join_error)??;
+        });
         let wait = self.limiter.take(len, now);
         if !wait.is_zero() {
             self.throttle_until = Some(now + wait);

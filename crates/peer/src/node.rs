@@ -205,6 +205,8 @@ pub struct UploadGate {
     /// Device ids and the kind the matching service (or discovery) reported them as.
     kinds: Mutex<HashMap<String, PeerKind>>,
     uploaded: AtomicU64,
+    /// Pieces being sent at once, over every connection ([`UPLOAD_SLOTS`]).
+    slots: Arc<Semaphore>,
 }
 
 /// Bytes uploaded in one calendar month.
@@ -224,6 +226,12 @@ struct MonthCounter {
 /// The burst of the rate limiters (upload, and download in custody-peer's downloads): a piece larger than this is
 /// sent at once and paid for by waiting afterwards, so the average rate holds.
 pub(crate) const BURST: u64 = 64 << 10;
+
+/// Pieces a device sends at once, whatever the number of connections (BitTorrent's unchoke slots): the upload link
+/// is shared by a few fast transfers instead of one slow one per peer, which a shared queue treats unevenly (stalled
+/// connections, retransmissions, peers timing out). Each connection waits for a slot, first come first served, and
+/// holds it until its piece is written out.
+pub(crate) const UPLOAD_SLOTS: usize = 4;
 
 /// How many uploaded bytes may go uncounted on disk (a crash loses at most this much of the monthly count).
 const SAVE_EVERY: u64 = 64 << 20;
@@ -252,6 +260,7 @@ impl UploadGate {
             state_file: state_file.map(Path::to_owned),
             kinds: Mutex::new(HashMap::new()),
             uploaded: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(UPLOAD_SLOTS)),
         }))
     }
 
@@ -325,6 +334,12 @@ impl UploadGate {
     }
 
     /// Waits until `bytes` may be sent to a peer of `kind` (the upload rate limit), or refuses ([`UploadGate::check`]).
+    /// One of the [`UPLOAD_SLOTS`], held while a piece is sent.
+    pub(crate) async fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        // The semaphore is never closed.
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
     pub(crate) async fn permit(&self, kind: PeerKind, bytes: u64) -> Result<(), Refusal> {
         self.check(kind)?;
         let wait = self.limiter.lock().await.take(bytes, Instant::now());

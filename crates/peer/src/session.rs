@@ -21,7 +21,7 @@ use custody_p2p::{Bitfield, ContentId, Decoder, GoodbyeReason, Message, PeerKind
 use custody_tls::{PeerIdentity, PeerTlsConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_rustls::TlsStream;
 
 use crate::cache::{CacheEntry, PeerCache};
@@ -151,7 +151,8 @@ pub(crate) struct Established {
 /// An item for the writer task.
 enum Outgoing {
     Message(Message),
-    Piece(u32, Bytes),
+    /// A piece, and who waits for it to be written out.
+    Piece(u32, Bytes, oneshot::Sender<()>),
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -521,8 +522,9 @@ impl Reader {
     }
 }
 
-/// Serves queued requests one after the other: each passes the upload gate (policy, rate limit), is read back from
-/// the cache and verified, then queued for the writer.
+/// Serves queued requests one after the other: each passes the upload gate (policy, rate limit), waits for an upload
+/// slot (`crate::node::UPLOAD_SLOTS`), is read back from the cache (verified unless this process verified it), and
+/// is written out before the slot is given back and the next request served.
 async fn serve_loop(
     mut requests: mpsc::Receiver<u32>,
     entry: Arc<CacheEntry>,
@@ -543,6 +545,7 @@ async fn serve_loop(
             }
             continue;
         }
+        let Some(_slot) = gate.slot().await else { return };
         let reading = entry.clone();
         let data = match tokio::task::spawn_blocking(move || reading.read_piece(piece)).await {
             Ok(Ok(Some(data))) => data,
@@ -560,7 +563,8 @@ async fn serve_loop(
         if is_cancelled(piece) {
             continue;
         }
-        if outgoing.send(Outgoing::Piece(piece, data)).await.is_err() {
+        let (written, done) = oneshot::channel();
+        if outgoing.send(Outgoing::Piece(piece, data, written)).await.is_err() || done.await.is_err() {
             return;
         }
         gate.record(kind, length);
@@ -589,14 +593,16 @@ async fn write_loop<W: AsyncWrite>(writer: WriteHalf<W>, mut outgoing: mpsc::Rec
                 message.encode(&mut frame);
                 tokio::time::timeout(timeouts.idle, writer.write_all(&frame)).await
             }
-            Outgoing::Piece(piece, data) => {
+            Outgoing::Piece(piece, data, done) => {
                 // Pieces are at most 16 MiB (the largest piece size), so the length fits.
                 let header = encode_piece_header(piece, data.len() as u32);
-                tokio::time::timeout(timeouts.idle, async {
+                let written = tokio::time::timeout(timeouts.idle, async {
                     writer.write_all(&header).await?;
                     writer.write_all(&data).await
                 })
-                .await
+                .await;
+                let _ = done.send(());
+                written
             }
         };
         match written {
