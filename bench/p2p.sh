@@ -142,10 +142,10 @@ cpu_ticks() { # "utime stime" summed over the given PIDs, in clock ticks
 
 # `openssl dgst -<algorithm>` over the payload: CPU seconds per GiB, from the rusage of the (sub)shell's children.
 openssl_per_gib() {
-    local t_start t_end
-    t_start=$(awk '{print $16 + $17}' "/proc/$BASHPID/stat")
+    local t_start t_end me=$BASHPID   # (inside $(...) below, $BASHPID would be that subshell's)
+    t_start=$(awk '{print $16 + $17}' "/proc/$me/stat")
     openssl dgst "-${1:-sha256}" "$W/payload/payload.bin" >/dev/null
-    t_end=$(awk '{print $16 + $17}' "/proc/$BASHPID/stat")
+    t_end=$(awk '{print $16 + $17}' "/proc/$me/stat")
     echo "scale=3; ($t_end - $t_start)/$(getconf CLK_TCK)/($SIZE_MB/1024)" | bc
 }
 
