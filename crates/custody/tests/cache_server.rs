@@ -11,10 +11,10 @@ mod service;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use service::{Running, admin, agent, enroll_and_run, publish_os_image, sha256_hex, succeeded};
 
 const DEVICES: usize = 3;
 const SIZE: usize = 16 << 20;
@@ -22,94 +22,13 @@ const PIECE: usize = 256 << 10;
 /// The origin serves at most this many bytes per second in all: three HTTP-only downloads would take 12 s.
 const ORIGIN_RATE: usize = 4 << 20;
 const PRODUCT: &str = "cache-os";
+const OS_FAMILY: &str = "custody-cache";
 const GROUP: &str = "site-a";
 /// The cache server listens on 127.0.0.40, the devices on 127.0.0.41 to .43.
 const CACHE_OCTET: usize = 40;
 
-fn exe() -> &'static str {
-    env!("CARGO_BIN_EXE_custody")
-}
-
-/// A child process killed when dropped (a failing test leaves nothing running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn succeeded(output: &Output, what: &str) -> Value {
-    assert!(
-        output.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"))
-}
-
-/// `custody ARGS --config DATA/client/custody.toml` with the admin token.
-fn admin(data: &Path, args: &[&str]) -> Value {
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let output = Command::new(exe())
-        .args(args)
-        .arg("--config")
-        .arg(data.join("client/custody.toml"))
-        .env("CUSTODY_TOKEN", token.trim())
-        .output()
-        .unwrap();
-    succeeded(&output, &args.join(" "))
-}
-
-fn publish(data: &Path, dir: &Path, payload: &[u8]) {
-    let publisher = dir.join("publisher");
-    std::fs::create_dir_all(&publisher).unwrap();
-    std::fs::copy(data.join("offline-keys/root.json"), publisher.join("root.json")).unwrap();
-    let key = std::fs::read_dir(data.join("offline-keys/repo-keys"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("targets."))
-        .unwrap();
-    let package = dir.join("cache-os-2.0.img");
-    std::fs::write(&package, payload).unwrap();
-    let description = dir.join("cache-os.toml");
-    std::fs::write(
-        &description,
-        format!(
-            "id = \"5b0e8f1a-2c3d-4e5f-8a9b-0c1d2e3f4a5b\"\nrevision = 1\ntitle = \"Cache OS 2.0\"\n\
-             description = \"An OS image fetched through the group's cache server.\"\nkind = \"os\"\n\
-             product = \"{PRODUCT}\"\nversion = \"2.0\"\nrelease_date = \"2026-11-01\"\n\
-             classification = \"security\"\nseverity = \"critical\"\nreboot = \"required\"\n\n[applicability]\n\
-             os = {{ family = \"custody-cache\", version_range = {{ min = \"1.0\" }} }}\n\n\
-             [installer]\nhandler = \"os-image\"\nslot_layout = \"a-b\"\nformat = \"raw\"\n"
-        ),
-    )
-    .unwrap();
-    let piece = PIECE.to_string();
-    admin(
-        data,
-        &[
-            "publish",
-            package.to_str().unwrap(),
-            "--description",
-            description.to_str().unwrap(),
-            "--repo",
-            publisher.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--piece-size",
-            &piece,
-            "--json",
-        ],
-    );
-}
-
-/// A device directory with `agent.toml`: the service's client configuration, its certificate files, `[agent]`,
-/// `[policy]` notify (the daemon's own scans download nothing), `[p2p]` in group mode on 127.0.0.`octet`, and
-/// `extra_p2p` (the cache server's keys).
+/// A device directory with `agent.toml`: `[agent]` (its `products`), `[policy]` notify (the daemon's own scans
+/// download nothing), `[p2p]` in group mode on 127.0.0.`octet`, and `extra_p2p` (the cache server's keys).
 fn write_device(
     data: &Path,
     dir: &Path,
@@ -119,68 +38,20 @@ fn write_device(
     products: &str,
     extra_p2p: &str,
 ) -> PathBuf {
-    let device = dir.join(name);
-    std::fs::create_dir_all(&device).unwrap();
-    let client = std::fs::read_to_string(data.join("client/custody.toml")).unwrap();
-    let transport = client.replace("\"../pki/", &format!("\"{}/pki/", data.display())).replacen(
-        "[tls]\n",
-        "[tls]\nclient_cert = \"device-chain.pem\"\nclient_key = \"device-key.pem\"\n",
-        1,
-    );
-    std::fs::write(device.join("os-release"), "ID=custody-cache\nVERSION_ID=\"1.0\"\n").unwrap();
     let ip = format!("127.0.0.{octet}");
-    let config = format!(
-        "{transport}\n[proxy]\nfrom_environment = false\n\n\
-         [agent]\nstate_dir = \"state\"\ntrusted_root = \"{root}\"\norigin_url = \"{http}/targets/\"\n\
+    let agent = format!(
+        "[proxy]\nfrom_environment = false\n\n\
+         [agent]\nstate_dir = \"state\"\ntrusted_root = \"{{root}}\"\norigin_url = \"{http}/targets/\"\n\
          products = [{products}]\nos_release = \"os-release\"\ntime_zone = \"UTC\"\n\n\
          [agent.local_api]\nsocket = \"agent.sock\"\n\n[policy]\ndefault = \"notify\"\n\n\
          [p2p]\nlisten = \"{ip}:7680\"\nadvertise = [\"{ip}/8\"]\nmdns = false\n{extra_p2p}\n\
-         [p2p.policy]\ndownload_mode = 2\ngroup = \"{GROUP}\"\nmin_file_size = 0\nmin_ram = 0\nmin_disk = 0\n",
-        root = data.join("client/root.json").display(),
+         [p2p.policy]\ndownload_mode = 2\ngroup = \"{GROUP}\"\nmin_file_size = 0\nmin_ram = 0\nmin_disk = 0\n"
     );
-    std::fs::write(device.join("agent.toml"), config).unwrap();
-    device
-}
-
-fn agent(device: &Path, args: &[&str]) -> Output {
-    Command::new(exe())
-        .arg("agent")
-        .args(args)
-        .arg("--config")
-        .arg(device.join("agent.toml"))
-        .env_remove("CUSTODY_CONFIG")
-        .output()
-        .unwrap()
+    service::write_device(data, dir, name, OS_FAMILY, &agent)
 }
 
 fn status(device: &Path) -> Value {
     succeeded(&agent(device, &["status", "--json"]), "status")["result"].clone()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
-}
-
-/// Enrolls `device` with `token` and starts its daemon, logging to `daemon.log`.
-fn enroll_and_run(device: &Path, token: &str) -> Running {
-    let output = Command::new(exe())
-        .args(["agent", "enroll", "--json", "--token-env", "CACHE_TOKEN", "--hostname"])
-        .arg(device.file_name().unwrap())
-        .arg("--config")
-        .arg(device.join("agent.toml"))
-        .env("CACHE_TOKEN", token)
-        .output()
-        .unwrap();
-    succeeded(&output, "custody agent enroll");
-    let log = std::fs::File::create(device.join("daemon.log")).unwrap();
-    let daemon = Command::new(exe())
-        .args(["--log", "info", "agent", "run", "--config"])
-        .arg(device.join("agent.toml"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Running(daemon)
 }
 
 /// The service's `custody_content_bytes_served_total` (bytes of content its origin sent), from `/metrics`.
@@ -238,7 +109,7 @@ fn a_cache_server_fetches_once_for_its_group_and_refuses_unsigned_content() {
     let http = http.trim_end_matches('/').to_owned();
     let data = dir.join("data");
     let payload: Vec<u8> = (0..SIZE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-    publish(&data, dir, &payload);
+    publish_os_image(&data, dir, PRODUCT, OS_FAMILY, &payload, PIECE);
     let uses = (DEVICES + 1).to_string();
     let token =
         admin(&data, &["admin", "enrollment-tokens", "create", "cache", "--uses", &uses, "--group", GROUP, "--json"]);
