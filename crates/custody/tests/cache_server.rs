@@ -183,6 +183,9 @@ fn a_cache_server_fetches_once_for_its_group_and_refuses_unsigned_content() {
     assert_eq!(cache_status["fetches_completed"], 1, "{cache_status}");
     assert!(cache_status["bytes_from_http"].as_u64().unwrap() >= SIZE as u64, "{cache_status}");
     assert!(cache_status["bytes_served"].as_u64().unwrap() >= from_cache_server, "{cache_status}");
+    let text = agent(&cache, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("Cache server for {PRODUCT}")) && text.contains("1 completed"), "{text}");
     let kept = std::fs::read(cache.join(format!("state/peer-cache/{expected}.data"))).unwrap();
     assert_eq!(sha256_hex(&kept), expected);
     let origin = origin_bytes_served(&data, &https) - origin_before;

@@ -398,6 +398,31 @@ fn print_text(op: &Op, result: &Value) {
                     download["percent_peer_caching"].as_f64().unwrap_or(0.0)
                 );
             }
+            let cache = &result["cache_server"];
+            if cache.is_object() {
+                let n = |key: &str| cache[key].as_u64().unwrap_or(0);
+                let list = |key: &str| {
+                    let items: Vec<&str> =
+                        cache[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+                };
+                println!(
+                    "Cache server for {}: {} signed targets indexed (refreshed {}); fetching {}",
+                    list("products"),
+                    n("indexed"),
+                    cache["index_refreshed"].as_str().unwrap_or("never"),
+                    list("fetching")
+                );
+                println!(
+                    "  fetches {} started, {} completed, {} failed; {} refused; {} bytes over HTTP, {} served",
+                    n("fetches_started"),
+                    n("fetches_completed"),
+                    n("fetches_failed"),
+                    n("refused"),
+                    n("bytes_from_http"),
+                    n("bytes_served")
+                );
+            }
         }
         _ => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
     }
