@@ -553,18 +553,60 @@ impl VerifiedFile {
         if found != length {
             return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: found });
         }
-        let mut buffer = vec![0u8; BUFFER];
-        let mut read = 0u64;
-        loop {
-            let count = file.read(&mut buffer).map_err(Error::io("read", path))?;
-            if count == 0 {
-                break;
+        // The reading thread hashes with the first algorithm; a second thread takes the others (SHA-512 costs
+        // about twice SHA-256), each chunk handed over once read, so the check takes about as long as the most
+        // expensive hash alone. Buffers circulate between the two threads.
+        let (first, others) = hashers.split_at_mut(1);
+        let stopped = |why: &str| Error::io("hash", path)(std::io::Error::other(why.to_owned()));
+        let read = std::thread::scope(|scope| -> Result<u64, Error> {
+            let (full, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+            let (empty, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+            let helper = (!others.is_empty()).then(|| {
+                scope.spawn(move || {
+                    for (buffer, count) in full_rx {
+                        for hasher in others.iter_mut() {
+                            hasher.context.update(&buffer[..count]);
+                        }
+                        // The reader may have stopped (a read error): then the buffer is not needed.
+                        let _ = empty.send(buffer);
+                    }
+                })
+            });
+            let mut spare = (0..BUFFERS).map(|_| vec![0u8; BUFFER]).collect::<Vec<_>>();
+            let mut read = 0u64;
+            let result = loop {
+                let mut buffer = match spare.pop() {
+                    Some(buffer) => buffer,
+                    // Every buffer is with the helper: wait for one (it sends each back after hashing it).
+                    None => match empty_rx.recv() {
+                        Ok(buffer) => buffer,
+                        Err(_) => break Err(stopped("the hashing thread stopped")),
+                    },
+                };
+                let count = match file.read(&mut buffer) {
+                    Ok(0) => break Ok(read),
+                    Ok(count) => count,
+                    Err(err) => break Err(Error::io("read", path)(err)),
+                };
+                read += count as u64;
+                first[0].context.update(&buffer[..count]);
+                match &helper {
+                    Some(_) => {
+                        if full.send((buffer, count)).is_err() {
+                            break Err(stopped("the hashing thread stopped"));
+                        }
+                    }
+                    None => spare.push(buffer),
+                }
+            };
+            drop(full);
+            if let Some(helper) = helper
+                && helper.join().is_err()
+            {
+                return Err(stopped("the hashing thread panicked"));
             }
-            for hasher in &mut hashers {
-                hasher.context.update(&buffer[..count]);
-            }
-            read += count as u64;
-        }
+            result
+        })?;
         if read != length {
             // The file changed size while it was read.
             return discard(file, Error::LengthMismatch { path: target.path().to_owned(), length, received: read });
