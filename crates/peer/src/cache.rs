@@ -57,6 +57,8 @@ pub struct CacheEntry {
     download: Mutex<Option<mpsc::Sender<Event>>>,
     /// Held while the sidecar is saved: saves run beside the writes, one at a time.
     saving: Mutex<()>,
+    /// Held by the fetch filling the entry, until its whole-file check is done ([`CacheEntry::fill`]).
+    filling: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug)]
@@ -229,6 +231,19 @@ impl CacheEntry {
         lock(&self.state).complete
     }
 
+    /// The right to fill the entry, waited for: one fetch at a time (the agent's own download of an update and its
+    /// cache server's fetch of the same content for the group). The holder keeps it until its whole-file check is
+    /// done; the next one then finds the pieces verified (and the file complete) and fetches only what is missing.
+    pub(crate) async fn fill(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        match self.filling.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::info!(content = %self.content, "another fetch of this content is filling the cache; waiting for it");
+                self.filling.clone().lock_owned().await
+            }
+        }
+    }
+
     /// Announcements of pieces written from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<u32> {
         self.haves.subscribe()
@@ -349,6 +364,9 @@ impl CacheEntry {
 
     /// After the whole-file check passed on the `.part` file: it becomes the complete `.data` file.
     pub(crate) fn mark_complete(&self) -> Result<(), Error> {
+        if self.is_complete() {
+            return Ok(());
+        }
         let (part, data) = (self.part_path(), self.complete_path());
         std::fs::rename(&part, &data).map_err(Error::io("rename", &part))?;
         crate::sync_dir(&self.dir)?;
@@ -560,6 +578,7 @@ impl CacheEntry {
             haves,
             download: Mutex::new(None),
             saving: Mutex::new(()),
+            filling: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

@@ -302,6 +302,8 @@ impl CacheServer {
         let fetched = fetcher.fetch_pieces(Vec::new()).await;
         let fetched = fetched.map_err(|err| refuse(GoodbyeReason::Busy)(failed(err)))?;
         self.from_http.fetch_add(fetched.stats.from_http, Ordering::Relaxed);
+        // Held until the whole-file check and its outcome are done: the agent's own download of this content waits.
+        let _fill = fetched.fill;
         let checked = tokio::task::spawn_blocking(move || CachedContent::check(&entry, &target)).await;
         match checked {
             Ok(Ok(cached)) => Ok(cached),

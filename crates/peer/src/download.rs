@@ -214,7 +214,10 @@ impl PeerDownload {
     /// for the next attempt.
     pub async fn run(mut self, candidates: Vec<PeerCandidate>) -> Result<DownloadOutcome, Error> {
         let fetched = self.fetcher.fetch_pieces(candidates).await?;
-        let artifact = self.finish(&fetched.entry).await?;
+        let artifact = self.finish(&fetched.entry).await;
+        // The whole-file check is done: another fetch of this content may fill the entry now.
+        drop(fetched.fill);
+        let artifact = artifact?;
         Ok(DownloadOutcome {
             artifact,
             stats: fetched.stats,
@@ -330,6 +333,7 @@ impl Fetcher {
         let mut banned_devices = HashSet::new();
         let hashes = fetcher.layer(&tree, content, tls.as_ref(), &candidates, &mut banned_devices).await?;
         let entry = context.cache.begin(content, hashes.clone())?;
+        let fill = entry.fill().await;
         let verifying = entry.clone();
         let have = tokio::task::spawn_blocking(move || verifying.reverify()).await.map_err(join_error)??;
         let resumed_pieces = have.count();
@@ -387,7 +391,16 @@ impl Fetcher {
         let counters = *state.swarm.counters();
         let peers = state.reports.into_values().collect();
         let connect_failures = state.connect_failures;
-        Ok(FetchedPieces { entry, stats, counters, peers, connect_failures, resumed_pieces, peering: peering.err() })
+        Ok(FetchedPieces {
+            entry,
+            fill,
+            stats,
+            counters,
+            peers,
+            connect_failures,
+            resumed_pieces,
+            peering: peering.err(),
+        })
     }
 
     /// The piece layer, checked against the signed root: from the cache, the layer URLs, else a peer.
@@ -448,6 +461,8 @@ impl Fetcher {
 /// download's figures ([`DownloadOutcome`] without the artifact).
 pub(crate) struct FetchedPieces {
     pub entry: Arc<CacheEntry>,
+    /// The entry's fill right ([`CacheEntry::fill`]): keep it until the whole-file check is done.
+    pub fill: tokio::sync::OwnedMutexGuard<()>,
     pub stats: TransferStats,
     pub counters: SwarmCounters,
     pub peers: Vec<PeerReport>,

@@ -139,6 +139,53 @@ async fn devices_share_one_fetch_of_the_cache_server_and_unknown_content_is_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_servers_own_download_waits_for_its_fetch_of_the_same_content() {
+    let pki = Pki::new();
+    let content = Content::new(2048 * KIB, 64 * 1024, 14);
+    let len = content.payload.len() as u64;
+    // A slow origin: the fetch for the group takes about 2 s.
+    let origin = Origin::start(vec![content.clone()], Some(1024 * 1024)).await;
+    let cache = Cache::start(&pki, 64, vec![job(&content, &origin)]).await;
+    let device = Device::start(&pki, 65).await;
+    // A device of the group makes the cache server fetch the content...
+    let group = tokio::spawn(
+        device.download(&content, &origin, download_config(DownloadMode::Lan)).run(vec![cache.candidate()]),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cache.server.fetching().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the cache server never started fetching");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ... while it downloads the same update for itself (its agent's products), into the same peer cache.
+    let staging = tempfile::tempdir().unwrap();
+    let job = custody_peer::PeerJob {
+        target: content.target.clone(),
+        entry: content.entry.clone(),
+        device: content.device.clone(),
+        staging_dir: staging.path().to_owned(),
+        content_urls: vec![origin.content_url(&content)],
+        layer_urls: vec![origin.layer_url(&content)],
+    };
+    let context = PeerContext {
+        cache: cache.cache.clone(),
+        gate: UploadGate::new(policy(DownloadMode::Lan), DeviceResources::default(), None).unwrap(),
+        tls: None,
+        plain: custody_tls::plain_http_client(&ProxySettings::direct()).unwrap(),
+        pinned: None,
+    };
+    let own = custody_peer::PeerDownload::new(job, context, download_config(DownloadMode::Lan)).run(vec![]).await;
+    let own = own.expect("the cache server's own download completes");
+    assert_eq!(std::fs::read(own.artifact.path()).unwrap(), content.payload);
+    assert_eq!(own.stats.from_http, 0, "it waited for the fetch and found every piece verified: {:?}", own.stats);
+    let group = group.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(group.artifact.path()).unwrap(), content.payload);
+    let stats = cache.server.stats();
+    assert_eq!((stats.fetches_started, stats.fetches_completed, stats.fetches_failed), (1, 1, 0), "{stats:?}");
+    assert!(cache.cache.get(&content.id).unwrap().is_complete());
+    assert!(origin.served() < 2 * len, "the origin sent {} bytes for a {len}-byte file", origin.served());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetched_content_that_fails_the_whole_file_check_is_discarded() {
     let pki = Pki::new();
     let content = Content::new(512 * KIB, 64 * 1024, 13);
