@@ -42,6 +42,15 @@ case " $SYSTEMS " in *" custody "*) echo "== building custody (release)"; cargo 
 
 NS=custodyp2p$$
 W=$(mktemp -d -t custody-p2p.XXXX); chmod 755 "$W"
+# Each system keeps a copy per device, the payload and the origin's (one system at a time): check the space first, so
+# that a full disk does not stop the run halfway (and everything else on the machine with it).
+need_mb=$(( (N + 3) * SIZE_MB * 11 / 10 ))
+free_mb=$(df -Pm "$W" | awk 'NR == 2 {print $4}')
+if [ "$free_mb" -lt "$need_mb" ]; then
+    rmdir "$W"
+    echo "bench/p2p.sh: $need_mb MiB needed in $(dirname "$W") (set TMPDIR elsewhere), $free_mb MiB free" >&2
+    exit 1
+fi
 PIDS=()
 cleanup() {
     local i
@@ -283,6 +292,7 @@ EOF
     fi
     for w in "${PIDS[@]}"; do kill "$w" 2>/dev/null || true; done
     sleep 1; PIDS=()
+    rm -rf "$C"
 }
 
 for system in $SYSTEMS; do
