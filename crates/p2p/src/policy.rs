@@ -183,7 +183,7 @@ pub struct PeerPolicy {
     #[serde(with = "friendly_duration")]
     pub http_delay_background: Duration,
     /// Bytes per second below which peers are too slow: after the HTTP delay, HTTP then also takes pieces peers
-    /// have ([`SwarmConfig::min_peer_rate`](crate::SwarmConfig)).
+    /// have, if it is faster ([`SwarmConfig::min_peer_rate`](crate::SwarmConfig)).
     pub min_background_qos: u64,
     /// On battery, upload only at or above this charge; none: never upload on battery.
     pub min_battery_to_upload: Option<u8>,

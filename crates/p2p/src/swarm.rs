@@ -22,7 +22,8 @@
 //!   shares of others no peer has, the pieces it is next in line for first and each owner's last pieces first. A
 //!   connected cache server owns every piece: its group's devices leave the origin to it. HTTP takes pieces peers
 //!   have only when the peers are slow: they delivered less than [`SwarmConfig::min_peer_rate`] over
-//!   [`SwarmConfig::peer_rate_window`] (after the delay), or nothing for [`SwarmConfig::peer_stall_timeout`].
+//!   [`SwarmConfig::peer_rate_window`] (after the delay) while HTTP's last piece came faster, or nothing for
+//!   [`SwarmConfig::peer_stall_timeout`].
 //! - **Endgame**: once every missing piece is in flight, idle peers (one piece at a time each) and HTTP (under the
 //!   rules above) are asked for pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per
 //!   piece, those with the fewest requests first; the first copy that
@@ -113,7 +114,7 @@ pub struct SwarmConfig {
     /// also other devices' shares, and pieces peers have when the peers are slow (module documentation).
     pub http_delay: Duration,
     /// Peers that delivered less than this many bytes per second over `peer_rate_window` are slow: after the HTTP
-    /// delay, HTTP also takes pieces they have.
+    /// delay, HTTP also takes pieces they have, unless its own last piece came slower still.
     pub min_peer_rate: u64,
     pub peer_rate_window: Duration,
     /// When no peer has delivered a verified piece for this long, HTTP takes any missing piece, delay or not.
@@ -264,6 +265,8 @@ pub struct Swarm {
     last_peer_progress: Instant,
     /// Verified pieces from peers within the last `peer_rate_window`: (when, bytes).
     peer_deliveries: VecDeque<(Instant, u64)>,
+    /// Bytes per second of the last piece verified from HTTP, from its request to its arrival.
+    http_rate: Option<u64>,
     /// Who fetches which piece from HTTP; recomputed when the peers change.
     shares: Shares,
 }
@@ -317,6 +320,8 @@ struct Shares {
 struct Http {
     /// Requests in flight and their deadlines.
     requests: BTreeMap<u32, Instant>,
+    /// When each request in flight was made.
+    started: HashMap<u32, Instant>,
     past: HashSet<u32>,
     bad: u32,
     banned: bool,
@@ -354,6 +359,7 @@ impl Swarm {
             start: now,
             last_peer_progress: now,
             peer_deliveries: VecDeque::new(),
+            http_rate: None,
             shares: Shares { stale: true, ..Shares::default() },
         })
     }
@@ -516,7 +522,7 @@ impl Swarm {
         self.update_shares();
         let after_delay = now >= self.start + self.config.http_delay;
         let any = now >= self.last_peer_progress + self.config.peer_stall_timeout
-            || (after_delay && self.peers_are_slow(now));
+            || (after_delay && self.http_beats_slow_peers(now));
         // Peers have had nothing this device lacks that is not already asked for, for a while: the owners of the
         // other pieces are gone, or were not in a peer list.
         let starving = self.pool.range((1, 0, 0)..).next().is_none()
@@ -558,6 +564,7 @@ impl Swarm {
         self.add_request(piece, Source::Http(source));
         let deadline = now + self.config.request_timeout(self.piece_len(piece));
         self.http[source].requests.insert(piece, deadline);
+        self.http[source].started.insert(piece, now);
         Some(piece)
     }
 
@@ -569,6 +576,10 @@ impl Swarm {
 
     /// A piece arrived from `from`: verified against the piece layer, then counted (module documentation).
     pub fn piece_received(&mut self, from: Source, piece: u32, data: &[u8], now: Instant) -> Received {
+        let http_started = match from {
+            Source::Http(source) => self.http.get_mut(source).and_then(|state| state.started.remove(&piece)),
+            Source::Peer(_) => None,
+        };
         let requested_now = self.pieces.get(piece as usize).is_some_and(|state| state.requests.contains(&from));
         let requested_before = match from {
             Source::Peer(peer) => match self.peers.get_mut(&peer) {
@@ -595,6 +606,10 @@ impl Swarm {
                 Received::Duplicate
             }
             Ok(()) => {
+                if let Some(started) = http_started {
+                    let millis = now.saturating_duration_since(started).as_millis().max(1);
+                    self.http_rate = u64::try_from(data.len() as u128 * 1000 / millis).ok();
+                }
                 self.piece_verified(piece, from, data.len() as u64, now);
                 Received::Verified
             }
@@ -758,15 +773,20 @@ impl Swarm {
     }
 
     /// Whether the peers delivered less than [`SwarmConfig::min_peer_rate`] over the last
-    /// [`SwarmConfig::peer_rate_window`] (never within the first window of the download).
-    fn peers_are_slow(&mut self, now: Instant) -> bool {
+    /// [`SwarmConfig::peer_rate_window`] (never within the first window of the download), and HTTP, as its last
+    /// piece came, is faster than they are. When the origin is what is slow (a swarm behind a thin link, whose peers
+    /// can pass on only what enters it), taking pieces peers have from HTTP would only share it out more thinly.
+    fn http_beats_slow_peers(&mut self, now: Instant) -> bool {
         let window = self.config.peer_rate_window;
         while self.peer_deliveries.front().is_some_and(|&(at, _)| at + window <= now) {
             self.peer_deliveries.pop_front();
         }
+        if now < self.start + window {
+            return false;
+        }
         let bytes: u64 = self.peer_deliveries.iter().map(|&(_, bytes)| bytes).sum();
-        now >= self.start + window
-            && u128::from(bytes) * 1000 < u128::from(self.config.min_peer_rate) * window.as_millis()
+        let peer_rate = u64::try_from(u128::from(bytes) * 1000 / window.as_millis().max(1)).unwrap_or(u64::MAX);
+        peer_rate < self.config.min_peer_rate && self.http_rate.is_none_or(|http| http > peer_rate)
     }
 
     /// Recomputes the HTTP shares if the peers changed: rendezvous hashing of every piece over this device and the
@@ -834,6 +854,7 @@ impl Swarm {
                 }
                 Source::Http(source) => {
                     self.http[source].requests.remove(&piece);
+                    self.http[source].started.remove(&piece);
                     self.http[source].past.insert(piece);
                     self.actions.push(Action::CancelHttp { source, piece });
                 }
@@ -938,6 +959,7 @@ impl Swarm {
             Source::Http(index) => {
                 if let Some(state) = self.http.get_mut(index) {
                     state.requests.remove(&piece);
+                    state.started.remove(&piece);
                 }
             }
         }
@@ -1291,6 +1313,54 @@ mod tests {
         swarm.request_failed(Source::Peer(A), asked[62], last);
         assert_eq!(swarm.next_http_request(0, last + Duration::from_secs(1)), None, "still 3.6 pieces a second");
         assert_eq!(swarm.next_http_request(0, last + Duration::from_secs(4)), Some(asked[62]), "slow now");
+    }
+
+    #[test]
+    fn slow_peers_keep_their_pieces_when_http_is_slower_still() {
+        // A swarm behind a thin link: the peers deliver 2 pieces a second, below the minimum of 3, but the last
+        // piece from HTTP took 2 s: HTTP would not be faster, so it leaves the peers' pieces to them.
+        let config = SwarmConfig {
+            min_peer_rate: 3 * PIECE as u64,
+            peer_rate_window: Duration::from_secs(5),
+            ..SwarmConfig::default()
+        };
+        let (data, mut swarm, now) = swarm(64, config);
+        peer_with(&mut swarm, 1, PeerKind::Lan, 0..60, now);
+        let from_http = swarm.next_http_request(0, now).unwrap();
+        assert!(from_http >= 60, "only what no peer has");
+        let arrived = now + Duration::from_secs(2);
+        assert_eq!(
+            swarm.piece_received(Source::Http(0), from_http, piece(&data, from_http), arrived),
+            Received::Verified
+        );
+        let mut t = arrived;
+        for _ in 0..12 {
+            let asked = swarm.next_peer_requests(A, t);
+            t += Duration::from_millis(500);
+            assert_eq!(swarm.piece_received(Source::Peer(A), asked[0], piece(&data, asked[0]), t), Received::Verified);
+            for &other in &asked[1..] {
+                swarm.request_failed(Source::Peer(A), other, t);
+            }
+            // No HTTP piece no peer has is left to ask for, and HTTP (8 KiB/s) is slower than the peers (32 KiB/s).
+            while let Some(piece) = swarm.next_http_request(0, t) {
+                assert!(piece >= 60, "piece {piece} a peer has went to HTTP at {:?}", t - now);
+            }
+        }
+        // Had the HTTP piece come in 100 ms, the same peers would be slow enough for HTTP to help.
+        let (data, mut fast, now) =
+            self::swarm(64, SwarmConfig { min_peer_rate: 3 * PIECE as u64, ..SwarmConfig::default() });
+        peer_with(&mut fast, 1, PeerKind::Lan, 0..60, now);
+        let from_http = fast.next_http_request(0, now).unwrap();
+        let arrived = now + Duration::from_millis(100);
+        assert_eq!(
+            fast.piece_received(Source::Http(0), from_http, piece(&data, from_http), arrived),
+            Received::Verified
+        );
+        let asked = fast.next_peer_requests(A, arrived);
+        let t = now + Duration::from_secs(6);
+        assert_eq!(fast.piece_received(Source::Peer(A), asked[0], piece(&data, asked[0]), t), Received::Verified);
+        let taken: Vec<u32> = std::iter::from_fn(|| fast.next_http_request(0, t)).collect();
+        assert!(taken.iter().any(|&piece| piece < 60), "HTTP helps the slow peers: {taken:?}");
     }
 
     /// Two swarms, one per device, each connected to the other device's peer id with its key.
