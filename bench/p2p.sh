@@ -153,7 +153,7 @@ cpu_ticks() { # "utime stime" summed over the given PIDs, in clock ticks
 openssl_per_gib() {
     local t_start t_end me=$BASHPID   # (inside $(...) below, $BASHPID would be that subshell's)
     t_start=$(awk '{print $16 + $17}' "/proc/$me/stat")
-    openssl dgst "-${1:-sha256}" "$W/payload/payload.bin" >/dev/null
+    openssl dgst -sha256 "$W/payload/payload.bin" >/dev/null
     t_end=$(awk '{print $16 + $17}' "/proc/$me/stat")
     echo "scale=3; ($t_end - $t_start)/$(getconf CLK_TCK)/($SIZE_MB/1024)" | bc
 }
@@ -282,10 +282,10 @@ EOF
     openssl_cpu=$(openssl_per_gib)
     echo "custody: swarm_time=${CUSTODY_T}s ratio=$(echo "scale=2; $CUSTODY_T/$LB" | bc) origin_sent=${CUSTODY_ORIGIN_MIB}MiB ($(echo "scale=2; $origin_sent/1048576/$SIZE_MB" | bc)x F) sha256_ok=$ok"
     echo "custody: agents' CPU per received GiB: user ${user}s, system ${system}s; openssl dgst -sha256 ${openssl_cpu}s/GiB; user/openssl $(echo "scale=2; $user/$openssl_cpu" | bc), (user+system)/openssl $(echo "scale=2; ($user + $system)/$openssl_cpu" | bc)"
-    # The install-time whole-file check hashes every byte once more with each signed algorithm (SHA-256 and
-    # SHA-512 here): the same work as openssl doing both, which the agents' user time includes.
-    local whole; whole=$(echo "$openssl_cpu + $(openssl_per_gib sha512)" | bc)
-    echo "custody: of which the whole-file check is about ${whole}s/GiB (openssl sha256+sha512); the rest $(echo "scale=3; $user - $whole" | bc)s/GiB = $(echo "scale=2; ($user - $whole)/$openssl_cpu" | bc)x openssl"
+    # The install-time whole-file check hashes every byte once more with each signed algorithm (SHA-256, as
+    # `custody publish` signs it): the same work as openssl's, which the agents' user time includes.
+    local whole=$openssl_cpu
+    echo "custody: of which the whole-file check is about ${whole}s/GiB (openssl sha256); the rest $(echo "scale=3; $user - $whole" | bc)s/GiB = $(echo "scale=2; ($user - $whole)/$openssl_cpu" | bc)x openssl"
     if [ -n "${KEEP_LOGS:-}" ]; then   # the daemons' logs, for a closer look (the work directory is removed)
         mkdir -p "$KEEP_LOGS"
         for i in $(seq 1 "$N"); do cp "$C/d$i/daemon.log" "$KEEP_LOGS/d$i.log"; cp "$C/d$i/download.json" "$KEEP_LOGS/d$i.json"; done

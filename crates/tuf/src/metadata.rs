@@ -529,12 +529,12 @@ pub struct TargetFile {
 }
 
 impl TargetFile {
-    /// Describes `data` with its length, SHA-256 and SHA-512.
+    /// Describes `data` with its length and SHA-256 (python-tuf's default). Every listed hash costs each client a
+    /// pass over the whole file before install, and the pieces of peer-to-peer delivery rest on SHA-256 anyway; a
+    /// SHA-512 that a repository lists is still checked.
     pub fn describing(data: &[u8], custom: Option<Value>) -> Self {
         let mut hashes = Hashes::new();
-        for (name, alg) in [("sha256", &aws_lc_rs::digest::SHA256), ("sha512", &aws_lc_rs::digest::SHA512)] {
-            hashes.insert(name.to_owned(), hex::encode(aws_lc_rs::digest::digest(alg, data)));
-        }
+        hashes.insert("sha256".to_owned(), hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)));
         Self { length: data.len() as u64, hashes, custom, unrecognized: BTreeMap::new() }
     }
 

@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the package once: its TUF description (length, SHA-256, SHA-512) and its catalog content info.
+/// Reads the package once: its TUF description (length, SHA-256) and its catalog content info.
 fn describe_package(
     args: &Args,
     _description: &UpdateDescription,
@@ -160,7 +160,6 @@ fn describe_package(
     let mut file =
         std::fs::File::open(&args.package).with_context(|| format!("cannot open {}", args.package.display()))?;
     let mut hasher = ContentHasher::new(piece_size);
-    let mut sha512 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA512);
     let mut buffer = vec![0u8; 1 << 20];
     loop {
         let read = file.read(&mut buffer).with_context(|| format!("cannot read {}", args.package.display()))?;
@@ -168,12 +167,10 @@ fn describe_package(
             break;
         }
         hasher.update(&buffer[..read]);
-        sha512.update(&buffer[..read]);
     }
     let (content, _) = hasher.finish().with_context(|| format!("{}", args.package.display()))?;
     let mut hashes = custody_tuf::Hashes::new();
     hashes.insert("sha256".into(), content.sha256.to_string());
-    hashes.insert("sha512".into(), hex::encode(sha512.finish()));
     let target = TargetFile { length: content.length.get(), hashes, custom: None, unrecognized: Default::default() };
     Ok((target, content))
 }
