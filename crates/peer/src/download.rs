@@ -6,11 +6,11 @@
 //! 2. **Resume.** The cache entry of the content is opened or created; every piece an earlier run recorded in the
 //!    `.have` sidecar is read back and verified, and only those that verify are kept.
 //! 3. **Swarm.** Connections to the candidates (at most `max_peers` at once; incoming connections for this content
-//!    join too), HTTP `Range` requests to every source in parallel (`http_parallel` each; one each while other
-//!    devices share the origin's pieces), all scheduled by custody-p2p's `Swarm`: every piece is verified before it
-//!    is written at its offset (off the event loop), announced with `Have` once written, and counted; the swarm's
-//!    bans close the connection and the device is never connected again for this content;
-//!    protocol violations (a frame the decoder refuses, a message out of order, a bad layer) ban at once.
+//!    join too), HTTP `Range` requests to every source in parallel (one each while other devices share the
+//!    origin's pieces, `http_parallel` each once alone for `http_alone_after`), all scheduled by custody-p2p's `Swarm`:
+//!    every piece is verified before it is written at its offset (off the event loop), announced with `Have` once
+//!    written, and counted; the swarm's bans close the connection and the device is never connected again for this
+//!    content; protocol violations (a frame the decoder refuses, a message out of order, a bad layer) ban at once.
 //! 4. **Whole file.** The assembled file is handed to custody-install ([`VerifiedArtifact::from_assembled`]), which
 //!    checks intention, the length and every signed hash, and alone makes the `VerifiedArtifact`.
 //!
@@ -86,8 +86,12 @@ pub struct PeerDownloadConfig {
     /// A download the user waits for (the foreground rate limit and HTTP delay apply) or a background one.
     pub foreground: bool,
     pub swarm: SwarmConfig,
-    /// HTTP requests in flight per source; one while other devices share the origin's pieces.
+    /// HTTP requests in flight per source for a device alone for `http_alone_after`; one while other devices
+    /// share the origin's pieces. Devices that start together find each other within a second: one that opened
+    /// several requests meanwhile would hold a bigger part of the origin's bandwidth until they end, and the
+    /// others' first pieces, which the swarm waits for, would come later.
     pub http_parallel: usize,
+    pub http_alone_after: Duration,
     /// Outgoing peer connections at once (incoming ones are bounded by the node).
     pub max_peers: usize,
     pub timeouts: Timeouts,
@@ -125,6 +129,7 @@ impl PeerDownloadConfig {
             foreground,
             swarm,
             http_parallel: 4,
+            http_alone_after: Duration::from_secs(1),
             max_peers: 16,
             timeouts: Timeouts::default(),
             http_request_timeout: Duration::from_secs(60),
@@ -382,6 +387,7 @@ impl Fetcher {
             limiter: RateLimiter::new(rate, crate::node::BURST, now),
             throttle_until: None,
             last_progress: now,
+            alone_since: None,
             connect_failures: Vec::new(),
         };
         if !entry.is_complete() {
@@ -518,6 +524,8 @@ struct State<'a> {
     limiter: RateLimiter,
     throttle_until: Option<Instant>,
     last_progress: Instant,
+    /// Since when no peer is connected, being connected to or waiting to be (HTTP opens more requests after a while).
+    alone_since: Option<Instant>,
     connect_failures: Vec<String>,
 }
 
@@ -630,9 +638,13 @@ impl State<'_> {
             // brings each piece in sooner for the peers, and the first ones at all. Alone means no peer connected,
             // being connected to or waiting to be.
             let alone = self.swarm.share_members() == 1 && self.connecting.is_empty() && self.pending.is_empty();
-            let parallel = match alone {
-                true => self.config.http_parallel,
-                false => 1,
+            self.alone_since = match alone {
+                true => Some(self.alone_since.unwrap_or(now)),
+                false => None,
+            };
+            let parallel = match self.alone_since {
+                Some(since) if now >= since + self.config.http_alone_after => self.config.http_parallel,
+                _ => 1,
             };
             let state = &self.http_sources[source];
             if state.dead.is_some() || state.in_flight >= parallel || state.retry_at.is_some_and(|at| now < at) {
