@@ -24,10 +24,16 @@
 //!   have only when the peers are slow: they delivered less than [`SwarmConfig::min_peer_rate`] over
 //!   [`SwarmConfig::peer_rate_window`] (after the delay) while HTTP's last piece came faster, or nothing for
 //!   [`SwarmConfig::peer_stall_timeout`].
-//! - **Endgame**: once every missing piece is in flight, idle peers (one piece at a time each) and HTTP (under the
-//!   rules above) are asked for pieces already requested elsewhere, up to [`SwarmConfig::endgame_max_requests`] per
-//!   piece, those with the fewest requests first; the first copy that
-//!   verifies wins and the others are cancelled ([`Action::Cancel`], [`Action::CancelHttp`]).
+//! - **Late requests and the endgame**: a peer that has nothing else this device lacks is asked for a piece
+//!   already requested elsewhere (one such copy at a time per peer), and once every missing piece is in flight
+//!   (the endgame) HTTP too (under the rules above): up to [`SwarmConfig::endgame_max_requests`] sources per piece,
+//!   those with the fewest requests and the oldest first, and only pieces whose request is late: older than
+//!   [`SwarmConfig::endgame_patience`] times the usual time from request to verified piece in this download (at
+//!   once before any piece came). In a swarm whose uplinks are all busy, a copy of a piece that is on time would
+//!   only take a piece's worth of someone's upload from a device that needs it; at the start, when the first pieces
+//!   wait in the queues of the few devices that had them first, the devices that got them next pass them on. The
+//!   first copy that verifies wins and the others are cancelled ([`Action::Cancel`], [`Action::CancelHttp`]; a
+//!   cancelled request still queued at a peer is never sent).
 //! - **Slow or silent peers never stall the download**: a peer that delivers nothing within the request timeout
 //!   ([`SwarmConfig::request_timeout`]) loses its requests to the pool (and to HTTP); after
 //!   [`SwarmConfig::max_timeouts`] such timeouts in a row it is dropped ([`DropReason::TimedOut`]).
@@ -121,8 +127,11 @@ pub struct SwarmConfig {
     pub peer_stall_timeout: Duration,
     /// A piece a peer rejected is not asked of that peer again for this long (unless it announces it again).
     pub reject_backoff: Duration,
-    /// In the endgame, at most this many sources are asked for the same piece at once.
+    /// In the endgame, at most this many sources are asked for the same piece at once, and a second source only
+    /// when the piece's request is older than this many times the usual time from request to verified piece (an
+    /// average over the download; before any piece came, at once).
     pub endgame_max_requests: usize,
+    pub endgame_patience: u32,
     /// Bad pieces (corrupt, wrong length, never requested) after which a source is banned for this content.
     pub ban_after: u32,
     /// Seeds the random order among equally rare pieces; the caller passes a random value, so that devices
@@ -148,6 +157,7 @@ impl Default for SwarmConfig {
             peer_stall_timeout: Duration::from_secs(15),
             reject_backoff: Duration::from_secs(5),
             endgame_max_requests: 2,
+            endgame_patience: 2,
             ban_after: 3,
             seed: 0,
             share_key: None,
@@ -267,6 +277,8 @@ pub struct Swarm {
     peer_deliveries: VecDeque<(Instant, u64)>,
     /// Bytes per second of the last piece verified from HTTP, from its request to its arrival.
     http_rate: Option<u64>,
+    /// The usual time from a piece's request to its verification: a moving average over the download.
+    piece_latency: Option<Duration>,
     /// Who fetches which piece from HTTP; recomputed when the peers change.
     shares: Shares,
 }
@@ -277,6 +289,11 @@ struct Piece {
     availability: u32,
     /// Sources it is requested from now.
     requests: Vec<Source>,
+    /// When the oldest of them was made.
+    since: Option<Instant>,
+    /// Its request was taken over from another peer (it moves once, so that two idle peers do not pass it back and
+    /// forth).
+    moved: bool,
 }
 
 #[derive(Debug)]
@@ -288,8 +305,9 @@ struct Peer {
     requests: Vec<u32>,
     /// The last delivery, or the request that found the peer idle: the request timeout runs from here.
     clock: Instant,
-    /// Pieces requested before and no longer (timed out, cancelled): a late copy is not unsolicited.
-    past: HashSet<u32>,
+    /// Pieces requested before and no longer (timed out, cancelled, moved), with the number of such requests: a late
+    /// copy of each is not unsolicited, even after the piece was asked of the peer again.
+    past: HashMap<u32, u32>,
     /// Pieces the peer rejected, not asked again before the instant.
     rejected: HashMap<u32, Instant>,
     bad: u32,
@@ -360,6 +378,7 @@ impl Swarm {
             last_peer_progress: now,
             peer_deliveries: VecDeque::new(),
             http_rate: None,
+            piece_latency: None,
             shares: Shares { stale: true, ..Shares::default() },
         })
     }
@@ -378,7 +397,7 @@ impl Swarm {
             got_bitfield: false,
             requests: Vec::new(),
             clock: now,
-            past: HashSet::new(),
+            past: HashMap::new(),
             rejected: HashMap::new(),
             bad: 0,
             timeouts: 0,
@@ -450,7 +469,8 @@ impl Swarm {
     }
 
     /// The pieces to request from `peer` now: the rarest missing pieces it has that nobody is fetching, up to its
-    /// pipeline depth; in the endgame, pieces in flight elsewhere. They are marked in flight for this peer.
+    /// pipeline depth; when it has none of those, one late request in flight elsewhere. They are marked in flight for
+    /// this peer.
     pub fn next_peer_requests(&mut self, peer: PeerId, now: Instant) -> Vec<u32> {
         let Some(state) = self.peers.get(&peer) else {
             return Vec::new();
@@ -477,11 +497,35 @@ impl Swarm {
             .filter(|&piece| may_ask(piece))
             .take(room)
             .collect();
-        // In the endgame a peer gets one duplicate at a time: each costs a piece of someone's upload.
+        // A peer with nothing else to give takes over late requests that another peer has not started to serve: it
+        // serves a connection's requests in order, so every one but the oldest waits there (unless the oldest is
+        // written out and still on its way), and the cancel keeps it from being sent. At the start of a swarm,
+        // everyone waits for the first pieces at the few devices that had them first; the devices that got them
+        // next pass them on. Only late requests move: a move of a piece already on its way costs a piece of upload.
+        let source = Source::Peer(peer);
+        let mut moves: Vec<(Option<Instant>, u32, u32, PeerId)> = self
+            .in_flight
+            .iter()
+            .filter_map(|&piece| match self.pieces[piece as usize].requests.as_slice() {
+                [Source::Peer(other)]
+                    if *other != peer
+                        && !self.pieces[piece as usize].moved
+                        && may_ask(piece)
+                        && self.is_late(piece, now) =>
+                {
+                    let waiting = self.peers.get(other).is_some_and(|s| s.requests.first() != Some(&piece));
+                    waiting.then(|| (self.pieces[piece as usize].since, self.rank[piece as usize], piece, *other))
+                }
+                _ => None,
+            })
+            .collect();
+        moves.sort_unstable();
+        moves.truncate(room - picked.len());
+        // In the endgame, an idle peer gets a copy of a late request, one at a time: each copy costs a piece of
+        // someone's upload.
         let duplicates = state.requests.iter().filter(|&&piece| self.pieces[piece as usize].requests.len() > 1).count();
-        if picked.len() < room && self.pool.is_empty() && duplicates == 0 {
-            let source = Source::Peer(peer);
-            let mut endgame: Vec<(usize, u32, u32)> = self
+        if picked.len() < room && moves.is_empty() && self.pool.is_empty() && duplicates == 0 {
+            let mut late: Vec<(usize, Option<Instant>, u32, u32)> = self
                 .in_flight
                 .iter()
                 .map(|&piece| (&self.pieces[piece as usize], piece))
@@ -489,15 +533,30 @@ impl Swarm {
                     may_ask(*piece)
                         && state.requests.len() < self.config.endgame_max_requests
                         && !state.requests.contains(&source)
+                        && self.is_late(*piece, now)
                 })
-                .map(|(state, piece)| (state.requests.len(), self.rank[piece as usize], piece))
+                .map(|(state, piece)| (state.requests.len(), state.since, self.rank[piece as usize], piece))
                 .collect();
-            endgame.sort_unstable();
-            picked.extend(endgame.into_iter().take(1).map(|(_, _, piece)| piece));
+            late.sort_unstable();
+            picked.extend(late.into_iter().take(1).map(|(_, _, _, piece)| piece));
+        }
+        let mut moved = Vec::with_capacity(moves.len());
+        for (_, _, piece, other) in moves {
+            self.remove_request(piece, Source::Peer(other));
+            if let Some(other) = self.peers.get_mut(&other) {
+                *other.past.entry(piece).or_default() += 1;
+            }
+            self.actions.push(Action::Cancel { peer: other, piece });
+            moved.push(piece);
         }
         for &piece in &picked {
-            self.add_request(piece, Source::Peer(peer));
+            self.add_request(piece, Source::Peer(peer), now);
         }
+        for &piece in &moved {
+            self.add_request(piece, Source::Peer(peer), now);
+            self.pieces[piece as usize].moved = true;
+        }
+        picked.extend(moved);
         if let Some(state) = self.peers.get_mut(&peer) {
             if state.requests.is_empty() {
                 state.clock = now;
@@ -554,14 +613,15 @@ impl Swarm {
                     .in_flight
                     .iter()
                     .map(|&piece| (&self.pieces[piece as usize], piece))
-                    .filter(|(state, _)| {
+                    .filter(|(state, piece)| {
                         state.requests.len() < self.config.endgame_max_requests
                             && !state.requests.contains(&Source::Http(source))
+                            && self.is_late(*piece, now)
                     })
                     .map(|(state, piece)| (state.availability, piece)),
             ),
         }?;
-        self.add_request(piece, Source::Http(source));
+        self.add_request(piece, Source::Http(source), now);
         let deadline = now + self.config.request_timeout(self.piece_len(piece));
         self.http[source].requests.insert(piece, deadline);
         self.http[source].started.insert(piece, now);
@@ -581,16 +641,28 @@ impl Swarm {
             Source::Peer(_) => None,
         };
         let requested_now = self.pieces.get(piece as usize).is_some_and(|state| state.requests.contains(&from));
+        let requested_at = self.pieces.get(piece as usize).and_then(|state| state.since);
         let requested_before = match from {
             Source::Peer(peer) => match self.peers.get_mut(&peer) {
                 Some(state) => {
                     state.clock = now;
-                    state.past.remove(&piece)
+                    // The copy of the request in flight comes first; a later one is the copy of a past request.
+                    match state.past.get_mut(&piece) {
+                        _ if requested_now => false,
+                        Some(count) if *count > 1 => {
+                            *count -= 1;
+                            true
+                        }
+                        Some(_) => state.past.remove(&piece).is_some(),
+                        None => false,
+                    }
                 }
                 // Data from a connection already removed: nothing to count it against.
                 None => return Received::Unexpected { banned: self.banned.contains(&peer) },
             },
-            Source::Http(source) => self.http.get_mut(source).is_some_and(|state| state.past.remove(&piece)),
+            Source::Http(source) => {
+                !requested_now && self.http.get_mut(source).is_some_and(|state| state.past.remove(&piece))
+            }
         };
         if !requested_now && !requested_before {
             self.counters.unexpected_pieces += 1;
@@ -609,6 +681,10 @@ impl Swarm {
                 if let Some(started) = http_started {
                     let millis = now.saturating_duration_since(started).as_millis().max(1);
                     self.http_rate = u64::try_from(data.len() as u128 * 1000 / millis).ok();
+                }
+                if let Some(at) = requested_at {
+                    let took = now.saturating_duration_since(at);
+                    self.piece_latency = Some(self.piece_latency.map_or(took, |usual| (usual * 7 + took) / 8));
                 }
                 self.piece_verified(piece, from, data.len() as u64, now);
                 Received::Verified
@@ -656,7 +732,7 @@ impl Swarm {
             state.clock = now;
             let until = now + self.config.reject_backoff;
             for &piece in &requests {
-                state.past.insert(piece);
+                *state.past.entry(piece).or_default() += 1;
                 state.rejected.insert(piece, until);
             }
             let drop = state.timeouts >= self.config.max_timeouts;
@@ -698,6 +774,10 @@ impl Swarm {
             if starving > now && self.pool.range((1, 0, 0)..).next().is_none() {
                 rules.push(starving);
             }
+            // Requests become late: idle peers may take copies of them.
+            let patience = self.endgame_patience();
+            let late = self.in_flight.iter().filter_map(|&piece| self.pieces[piece as usize].since);
+            rules.extend(late.map(|since| since + patience).filter(|&at| at > now).min());
             // The peers' rate drops as deliveries leave the window: look again at most once a second.
             if let Some(&(oldest, _)) = self.peer_deliveries.front() {
                 rules.push((oldest + self.config.peer_rate_window).max(now + Duration::from_secs(1)).max(delay));
@@ -770,6 +850,19 @@ impl Swarm {
     /// The length of piece `piece` (the last one may be short).
     pub fn piece_len(&self, piece: u32) -> u64 {
         self.hashes.tree().layout().piece_range(piece.into()).map_or(0, |range| range.end - range.start)
+    }
+
+    /// How long a piece's request may take before the endgame asks another source: [`SwarmConfig::endgame_patience`]
+    /// times the usual time a piece takes; nothing before any piece came.
+    fn endgame_patience(&self) -> Duration {
+        let usual = self.piece_latency.unwrap_or(Duration::ZERO);
+        usual.saturating_mul(self.config.endgame_patience).min(MAX_WAIT)
+    }
+
+    /// Whether `piece`, in flight, has waited longer than the endgame's patience.
+    fn is_late(&self, piece: u32, now: Instant) -> bool {
+        let since = self.pieces[piece as usize].since;
+        since.is_none_or(|since| now.saturating_duration_since(since) >= self.endgame_patience())
     }
 
     /// Whether the peers delivered less than [`SwarmConfig::min_peer_rate`] over the last
@@ -848,7 +941,7 @@ impl Swarm {
                 Source::Peer(peer) => {
                     if let Some(state) = self.peers.get_mut(&peer) {
                         state.requests.retain(|&p| p != piece);
-                        state.past.insert(piece);
+                        *state.past.entry(piece).or_default() += 1;
                     }
                     self.actions.push(Action::Cancel { peer, piece });
                 }
@@ -939,10 +1032,11 @@ impl Swarm {
         }
     }
 
-    /// Marks `piece` requested from `source` (the caller updates the source's own list).
-    fn add_request(&mut self, piece: u32, source: Source) {
+    /// Marks `piece` requested from `source` at `now` (the caller updates the source's own list).
+    fn add_request(&mut self, piece: u32, source: Source, now: Instant) {
         let state = &mut self.pieces[piece as usize];
         self.pool.remove(&(state.availability, self.rank[piece as usize], piece));
+        state.since = state.since.or(Some(now));
         state.requests.push(source);
         self.in_flight.insert(piece);
     }
@@ -965,6 +1059,10 @@ impl Swarm {
         }
         let state = &mut self.pieces[piece as usize];
         state.requests.retain(|&s| s != source);
+        if state.requests.is_empty() {
+            state.since = None;
+            state.moved = false;
+        }
         if state.requests.is_empty() && !self.have.get(piece) {
             self.in_flight.remove(&piece);
             self.pool.insert((state.availability, self.rank[piece as usize], piece));
@@ -1060,10 +1158,13 @@ mod tests {
         let for_b = swarm.next_peer_requests(B, now);
         assert_eq!(sorted(for_b[..2].to_vec()), vec![2, 3], "rarest first: {for_b:?}");
         assert_eq!(sorted(for_b[2..].to_vec()), vec![0, 1]);
-        // Every piece is in flight now: the endgame gives C a duplicate of what it has, one at a time.
+        // Every piece is in flight now. C has nothing else to give: it takes over B's requests of its pieces, which
+        // wait behind B's first.
         assert!(swarm.is_endgame());
-        let for_c = swarm.next_peer_requests(C, now);
-        assert!(for_c.len() == 1 && for_c[0] < 2, "{for_c:?}");
+        assert_eq!(sorted(swarm.next_peer_requests(C, now)), vec![0, 1]);
+        let mut cancels = swarm.poll(now);
+        cancels.sort_by_key(|action| format!("{action:?}"));
+        assert_eq!(cancels, vec![Action::Cancel { peer: B, piece: 0 }, Action::Cancel { peer: B, piece: 1 }]);
 
         // Availability follows Have and departures: after B leaves, its pieces are rarer again.
         swarm.peer_have(C, 7).unwrap();
@@ -1072,8 +1173,7 @@ mod tests {
         assert_eq!(swarm.peer_requests(B), &[] as &[u32]);
         assert_eq!(swarm.pieces[2].availability, 1);
         assert!(swarm.pool.contains(&(1, swarm.rank[2], 2)) && swarm.pool.contains(&(1, swarm.rank[3], 3)));
-        assert!(!swarm.pool.iter().any(|&(_, _, piece)| piece == for_c[0]), "still asked of C");
-        assert!(swarm.pool.contains(&(2, swarm.rank[1 - for_c[0] as usize], 1 - for_c[0])), "back to the pool");
+        assert!(!swarm.pool.iter().any(|&(_, _, piece)| piece < 2), "still asked of C");
     }
 
     #[test]
@@ -1112,44 +1212,79 @@ mod tests {
     }
 
     #[test]
-    fn endgame_duplicates_requests_and_cancels_the_losers() {
+    fn idle_peers_take_over_waiting_requests_then_copy_late_ones() {
         let (data, mut swarm, now) = swarm(4, SwarmConfig::default());
-        peer_with(&mut swarm, 1, PeerKind::Lan, 0..4, now);
-        peer_with(&mut swarm, 2, PeerKind::Lan, 0..4, now);
-        peer_with(&mut swarm, 3, PeerKind::Lan, 0..4, now);
-        assert!(!swarm.is_endgame());
-        assert_eq!(sorted(swarm.next_peer_requests(A, now)), vec![0, 1, 2, 3]);
-        assert!(swarm.is_endgame());
-        let b = swarm.next_peer_requests(B, now);
-        assert_eq!(b.len(), 1, "one duplicate at a time per peer");
-        assert!(swarm.next_peer_requests(B, now).is_empty());
-        let c = swarm.next_peer_requests(C, now);
-        assert_eq!(c.len(), 1);
-        assert_ne!(c, b, "the pieces asked of fewest sources first");
-
-        assert_eq!(swarm.piece_received(Source::Peer(B), b[0], piece(&data, b[0]), now), Received::Verified);
-        assert_eq!(swarm.poll(now), vec![Action::Cancel { peer: A, piece: b[0] }]);
-        assert!(!swarm.peer_requests(A).contains(&b[0]));
-        // A's copy, already on its way, is a duplicate, not held against A.
-        assert_eq!(swarm.piece_received(Source::Peer(A), b[0], piece(&data, b[0]), now), Received::Duplicate);
-        assert_eq!(swarm.counters().duplicate_bytes, PIECE as u64);
-        assert_eq!(swarm.peers[&A].bad, 0);
-        // B is free again: its next duplicate is neither its last nor C's (at most endgame_max_requests per piece).
-        let b2 = swarm.next_peer_requests(B, now);
-        assert_eq!(b2.len(), 1);
-        assert!(b2[0] != b[0] && b2[0] != c[0]);
-        let rest: Vec<u32> = (0..4).filter(|&index| index != b[0]).collect();
-        for &index in &rest {
-            let copy = piece(&data, index);
-            assert_eq!(swarm.piece_received(Source::Peer(A), index, copy, now), Received::Verified);
+        for id in 1..=3 {
+            peer_with(&mut swarm, id, PeerKind::Lan, 0..4, now);
         }
-        assert!(swarm.is_complete());
+        let a = swarm.next_peer_requests(A, now);
+        assert_eq!(sorted(a.clone()), vec![0, 1, 2, 3]);
+        assert!(swarm.is_endgame());
+        // B has nothing new: it takes over the three requests that wait behind A's first, and A is told to drop them.
+        let b = swarm.next_peer_requests(B, now);
+        assert_eq!(sorted(b), sorted(a[1..].to_vec()));
         let mut cancels = swarm.poll(now);
         cancels.sort_by_key(|action| format!("{action:?}"));
-        let mut expected = vec![Action::Cancel { peer: B, piece: b2[0] }, Action::Cancel { peer: C, piece: c[0] }];
-        expected.sort_by_key(|action| format!("{action:?}"));
+        let expected: Vec<Action> =
+            sorted(a[1..].to_vec()).into_iter().map(|piece| Action::Cancel { peer: A, piece }).collect();
         assert_eq!(cancels, expected);
+        // A request moves once, and A's first is being served: C gets a copy instead, one at a time.
+        let c = swarm.next_peer_requests(C, now);
+        assert_eq!(c.len(), 1);
+        assert!(swarm.next_peer_requests(C, now).is_empty(), "one copy at a time per peer");
+        assert!(swarm.next_peer_requests(B, now).is_empty(), "B has no room left for copies");
+
+        // The first copy that verifies wins; the other request is cancelled, and its copy, already on its way, is a
+        // duplicate that is not held against its sender.
+        let copied = c[0];
+        let holder = if copied == a[0] { A } else { B };
+        assert_eq!(swarm.piece_received(Source::Peer(C), copied, piece(&data, copied), now), Received::Verified);
+        assert_eq!(swarm.poll(now), vec![Action::Cancel { peer: holder, piece: copied }]);
+        assert_eq!(swarm.piece_received(Source::Peer(holder), copied, piece(&data, copied), now), Received::Duplicate);
+        assert_eq!(swarm.counters().duplicate_bytes, PIECE as u64);
+        assert_eq!(swarm.peers[&holder].bad, 0);
+        for index in (0..4).filter(|&index| index != copied) {
+            let from = if index == a[0] { A } else { B };
+            assert_eq!(swarm.piece_received(Source::Peer(from), index, piece(&data, index), now), Received::Verified);
+        }
+        assert!(swarm.is_complete());
+        assert!(swarm.poll(now).is_empty());
         assert_eq!(swarm.stats().from_lan_peers, data.len() as u64);
+    }
+
+    #[test]
+    fn requests_move_or_get_copies_only_when_late() {
+        let (data, mut swarm, start) = swarm(4, SwarmConfig::default());
+        for id in 1..=3 {
+            peer_with(&mut swarm, id, PeerKind::Lan, 0..4, start);
+        }
+        assert_eq!(sorted(swarm.next_peer_requests(A, start)), vec![0, 1, 2, 3]);
+        let arrived = start + Duration::from_millis(100);
+        assert_eq!(swarm.piece_received(Source::Peer(A), 0, piece(&data, 0), arrived), Received::Verified);
+        assert!(swarm.is_endgame());
+        // Pieces take 100 ms here; those still on their way at 100 ms are on time, at 200 ms (2x) late.
+        assert!(swarm.next_peer_requests(B, arrived).is_empty(), "no move or copy of a request that is on time");
+        let wakeup = swarm.next_wakeup(arrived).unwrap();
+        assert_eq!(wakeup, start + Duration::from_millis(200));
+        let waiting = swarm.peer_requests(A)[1..].to_vec();
+        assert_eq!(swarm.next_peer_requests(B, wakeup), waiting, "late requests waiting at A move to B");
+        let copy = swarm.next_peer_requests(C, wakeup);
+        assert_eq!(copy, swarm.peer_requests(A), "and A's first, late too, gets a copy");
+    }
+
+    #[test]
+    fn a_peer_with_nothing_else_passes_on_a_late_piece_before_the_endgame() {
+        // The start of a swarm: A got pieces 0 and 1 first and everyone asked A; B has since got piece 0 too.
+        let (data, mut swarm, start) = swarm(4, SwarmConfig::default());
+        peer_with(&mut swarm, 1, PeerKind::Lan, [0, 1], start);
+        peer_with(&mut swarm, 2, PeerKind::Lan, [0], start);
+        assert_eq!(sorted(swarm.next_peer_requests(A, start)), vec![0, 1]);
+        assert!(!swarm.is_endgame(), "pieces 2 and 3 are nobody's yet");
+        // Nothing has arrived, so nothing is on time yet: B gets a copy of 0, the first copy wins.
+        assert_eq!(swarm.next_peer_requests(B, start), vec![0]);
+        let later = start + Duration::from_millis(50);
+        assert_eq!(swarm.piece_received(Source::Peer(B), 0, piece(&data, 0), later), Received::Verified);
+        assert_eq!(swarm.poll(later), vec![Action::Cancel { peer: A, piece: 0 }]);
     }
 
     #[test]

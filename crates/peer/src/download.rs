@@ -624,6 +624,10 @@ impl State<'_> {
                     let _ = info.commands.try_send(Command::Request(piece));
                 }
             }
+            // Requests another peer took over are cancelled where they wait, before they are served.
+            for action in self.swarm.poll(now) {
+                self.apply(action);
+            }
             for source in 0..self.http_sources.len() {
                 self.start_http(source, now);
             }
