@@ -437,7 +437,10 @@ impl Fetcher {
             };
             let fetched = fetch(client, url, None, limit, config.http_request_timeout, config.http_idle_timeout).await;
             match fetched.and_then(|bytes| custody_p2p::layer::verify_layer(tree, &bytes).map_err(|e| e.to_string())) {
-                Ok(hashes) => return Ok(hashes),
+                Ok(hashes) => {
+                    tracing::debug!(%url, "piece layer over HTTP");
+                    return Ok(hashes);
+                }
                 Err(why) => failures.push(format!("{url}: {why}")),
             }
         }
@@ -672,6 +675,7 @@ impl State<'_> {
                 let result = fetch_range(&client, &url, range, request_timeout, idle_timeout).await;
                 HttpDone { source, piece, result }
             });
+            tracing::trace!(source, piece, "piece requested over HTTP");
             self.http_tasks.insert((source, piece), handle);
             self.http_sources[source].in_flight += 1;
         }
