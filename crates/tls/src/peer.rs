@@ -29,14 +29,13 @@ use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, ServerConfig};
 use rustls::{SignatureScheme, version::TLS13};
 
 use crate::client::pem_error;
+use crate::verifier::{PathRefusal, PinnedTrust};
 use crate::{CertInfo, Error, Result, SpkiPin};
 
 /// The ALPN protocol name of the peer wire protocol, version 1.
@@ -72,10 +71,7 @@ pub struct PeerIdentity {
 
 /// Verifies a peer's device certificate chain, in either direction. See the module documentation.
 pub struct PeerVerifier {
-    anchors: Vec<TrustAnchor<'static>>,
-    crls: Vec<webpki::CertRevocationList<'static>>,
-    pins: Vec<SpkiPin>,
-    algorithms: WebPkiSupportedAlgorithms,
+    trust: PinnedTrust,
 }
 
 impl PeerTlsConfig {
@@ -252,17 +248,7 @@ impl PeerVerifier {
         if pins.is_empty() {
             return Err(Error::Missing("pin", "pin the device intermediate"));
         }
-        let anchors = roots
-            .iter()
-            .map(|der| webpki::anchor_from_trusted_cert(der).map(|anchor| anchor.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| Error::InvalidCertificate(format!("root certificate: {err}")))?;
-        let crls = crls
-            .iter()
-            .map(|der| webpki::OwnedCertRevocationList::from_der(der.as_ref()).map(webpki::CertRevocationList::from))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| Error::InvalidCertificate(format!("CRL: {err}")))?;
-        Ok(Self { anchors, crls, pins: pins.to_vec(), algorithms })
+        Ok(Self { trust: PinnedTrust::new(roots, crls, pins, algorithms)? })
     }
 
     /// Verifies a peer's chain at time `now` and returns who it is. `peer` names the other side in errors (its
@@ -281,41 +267,13 @@ impl PeerVerifier {
             cert: leaf(),
             reason: err.to_string(),
         })?;
-        let pin_refused = std::cell::Cell::new(false);
-        let check_pin = |path: &webpki::VerifiedPath<'_>| {
-            let pinned = path
-                .intermediate_certificates()
-                .any(|cert| self.pins.contains(&SpkiPin::of_spki(&cert.subject_public_key_info())))
-                || self.pins.contains(&SpkiPin::of_spki(&webpki::spki_for_anchor(path.anchor())));
-            if pinned {
-                Ok(())
-            } else {
-                pin_refused.set(true);
-                Err(webpki::Error::UnknownIssuer)
-            }
-        };
-        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
-        // `RevocationOptionsBuilder::new` fails only on an empty list, which means: no revocation check.
-        let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|builder| {
-            builder
-                .with_depth(webpki::RevocationCheckDepth::Chain)
-                .with_status_policy(webpki::UnknownStatusPolicy::Allow)
-                .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
-                .build()
-        });
-        let verified = ee.verify_for_usage(
-            self.algorithms.all,
-            &self.anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::client_auth(),
-            revocation,
-            Some(&check_pin),
-        );
-        if let Err(err) = verified {
+        // A certificate no configured CRL covers is accepted (module documentation).
+        let usage = webpki::KeyUsage::client_auth();
+        let verified = self.trust.verify_path(&ee, intermediates, now, usage, webpki::UnknownStatusPolicy::Allow);
+        if let Err(PathRefusal { error, unpinned }) = verified {
             let now_text = format_time(now.as_secs());
-            return Err(match err {
-                _ if pin_refused.get() => Error::Rejected {
+            return Err(match error {
+                _ if unpinned => Error::Rejected {
                     host: host(),
                     cert: leaf(),
                     reason: format!(
@@ -325,7 +283,7 @@ impl PeerVerifier {
                             .first()
                             .and_then(|issuer| SpkiPin::of_certificate(issuer).ok())
                             .map_or_else(|| "(not presented)".to_owned(), |pin| pin.to_string()),
-                        self.pins.iter().map(SpkiPin::to_string).collect::<Vec<_>>().join(", ")
+                        self.trust.pins.iter().map(SpkiPin::to_string).collect::<Vec<_>>().join(", ")
                     ),
                 },
                 webpki::Error::CertExpired { not_after, .. } => Error::Expired {
@@ -366,7 +324,7 @@ impl PeerVerifier {
 
     /// The configured pins.
     pub fn pins(&self) -> &[SpkiPin] {
-        &self.pins
+        &self.trust.pins
     }
 
     fn refuse(&self, peer: &str, err: Error) -> rustls::Error {
@@ -397,7 +355,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -406,11 +364,11 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.trust.algorithms.supported_schemes()
     }
 }
 
@@ -437,7 +395,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -446,21 +404,17 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.trust.algorithms.supported_schemes()
     }
 }
 
 impl fmt::Debug for PeerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerVerifier")
-            .field("roots", &self.anchors.len())
-            .field("crls", &self.crls.len())
-            .field("pins", &self.pins)
-            .finish()
+        f.debug_struct("PeerVerifier").field("trust", &self.trust).finish()
     }
 }
 

@@ -20,12 +20,9 @@ use crate::{Error, Result, SpkiPin};
 
 /// Verifies a server's chain against custody's own roots, CRLs and issuer pins. See the module documentation.
 pub struct PinnedIssuerVerifier {
-    anchors: Vec<TrustAnchor<'static>>,
-    crls: Vec<webpki::CertRevocationList<'static>>,
-    /// Issuer name and next update of each CRL, in the order of `crls`, for error messages.
+    trust: PinnedTrust,
+    /// Issuer name and next update of each CRL, for error messages.
     crl_info: Vec<(String, Option<i64>)>,
-    pins: Vec<SpkiPin>,
-    algorithms: WebPkiSupportedAlgorithms,
 }
 
 /// Who a certificate is, as every refusal shows it: subject, issuer, SPKI SHA-256 (and serial).
@@ -54,30 +51,25 @@ impl PinnedIssuerVerifier {
         if pins.is_empty() {
             return Err(Error::Missing("pin", "set [tls] pins to the SPKI SHA-256 of the service's issuing CA"));
         }
+        // A service's certificates must be covered by a current CRL: with none, nothing would be checked.
         if crls.is_empty() {
             return Err(Error::Missing("CRL", "set [tls] crls to the root's and the issuing CA's CRLs"));
         }
-        let anchors = roots
+        let trust = PinnedTrust::new(roots, crls, pins, algorithms)?;
+        let crl_info = crls
             .iter()
-            .map(|der| webpki::anchor_from_trusted_cert(der).map(|anchor| anchor.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| Error::InvalidCertificate(format!("root certificate: {err}")))?;
-        let mut parsed = Vec::with_capacity(crls.len());
-        let mut crl_info = Vec::with_capacity(crls.len());
-        for der in crls {
-            let crl = webpki::OwnedCertRevocationList::from_der(der.as_ref())
-                .map_err(|err| Error::InvalidCertificate(format!("CRL: {err}")))?;
-            parsed.push(webpki::CertRevocationList::from(crl));
-            let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
-                .map_err(|err| Error::InvalidCertificate(format!("CRL: {err}")))?;
-            crl_info.push((crl.issuer().to_string(), crl.next_update().map(|t| t.timestamp())));
-        }
-        Ok(Self { anchors, crls: parsed, crl_info, pins: pins.to_vec(), algorithms })
+            .map(|der| {
+                let (_, crl) = x509_parser::parse_x509_crl(der.as_ref())
+                    .map_err(|err| Error::InvalidCertificate(format!("CRL: {err}")))?;
+                Ok((crl.issuer().to_string(), crl.next_update().map(|t| t.timestamp())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { trust, crl_info })
     }
 
     /// The configured pins.
     pub fn pins(&self) -> &[SpkiPin] {
-        &self.pins
+        &self.trust.pins
     }
 
     /// Verifies a server's certificate chain for `server_name` at time `now`. This is the whole decision; the rustls
@@ -93,45 +85,12 @@ impl PinnedIssuerVerifier {
             Refusal { verifier: self, end_entity, intermediates, server_name, now }.into_error(err, pin_refused)
         };
         let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|err| refuse(err, false))?;
-
-        // Called for every path that chains to a root with valid signatures, validity, usage and revocation status;
-        // rejecting it makes webpki look for another path.
-        let pin_refused = Cell::new(false);
-        let check_pin = |path: &webpki::VerifiedPath<'_>| {
-            let pinned = path.intermediate_certificates().any(|cert| self.is_pinned(&cert.subject_public_key_info()))
-                || self.is_pinned(&webpki::spki_for_anchor(path.anchor()));
-            if pinned {
-                Ok(())
-            } else {
-                pin_refused.set(true);
-                Err(webpki::Error::UnknownIssuer)
-            }
-        };
-        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
-        // `new` refuses an empty CRL list, the only error of `RevocationOptionsBuilder::new`.
-        let revocation = webpki::RevocationOptionsBuilder::new(&crls)
-            .map_err(|_| Error::Missing("CRL", "the verifier was built without CRLs"))?
-            .with_depth(webpki::RevocationCheckDepth::Chain)
-            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
-            .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
-            .build();
-        ee.verify_for_usage(
-            self.algorithms.all,
-            &self.anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            Some(revocation),
-            Some(&check_pin),
-        )
-        .map_err(|err| refuse(err, pin_refused.get()))?;
+        // Every certificate of the path must be covered by a CRL (`new` made sure there are some).
+        let usage = webpki::KeyUsage::server_auth();
+        (self.trust.verify_path(&ee, intermediates, now, usage, webpki::UnknownStatusPolicy::Deny))
+            .map_err(|refused| refuse(refused.error, refused.unpinned))?;
         ee.verify_is_valid_for_subject_name(server_name).map_err(|err| refuse(err, false))?;
         Ok(())
-    }
-
-    fn is_pinned(&self, spki_der: &[u8]) -> bool {
-        let pin = SpkiPin::of_spki(spki_der);
-        self.pins.contains(&pin)
     }
 }
 
@@ -159,7 +118,7 @@ impl ServerCertVerifier for PinnedIssuerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -168,19 +127,119 @@ impl ServerCertVerifier for PinnedIssuerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.trust.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.trust.algorithms.supported_schemes()
     }
 }
 
 impl fmt::Debug for PinnedIssuerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedIssuerVerifier")
+        f.debug_struct("PinnedIssuerVerifier").field("trust", &self.trust).field("crls", &self.crl_info).finish()
+    }
+}
+
+/// What custody's certificate verifiers share: the roots, the CRLs, the pins and the signature algorithms, and the one
+/// path-building pass of webpki that checks them all. [`PinnedIssuerVerifier`] checks a service with it,
+/// [`crate::PeerVerifier`] a device of the fleet; they differ in the key usage, in how a certificate no CRL covers is
+/// treated, and in what they check after the path.
+pub(crate) struct PinnedTrust {
+    anchors: Vec<TrustAnchor<'static>>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    pub(crate) pins: Vec<SpkiPin>,
+    pub(crate) algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// A chain [`PinnedTrust::verify_path`] refused: webpki's error, and whether a complete, valid path to a root was
+/// refused for want of a pinned key (webpki's error then only says that it found no other path).
+pub(crate) struct PathRefusal {
+    pub(crate) error: webpki::Error,
+    pub(crate) unpinned: bool,
+}
+
+impl PinnedTrust {
+    /// Parses `roots` and `crls`. What a verifier requires of them (a root and a pin always, CRLs for a service) its
+    /// constructor checks first, with its own hint.
+    pub(crate) fn new(
+        roots: &[CertificateDer<'_>],
+        crls: &[CertificateRevocationListDer<'_>],
+        pins: &[SpkiPin],
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Result<Self> {
+        let anchors = roots
+            .iter()
+            .map(|der| webpki::anchor_from_trusted_cert(der).map(|anchor| anchor.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| Error::InvalidCertificate(format!("root certificate: {err}")))?;
+        let crls = crls
+            .iter()
+            .map(|der| webpki::OwnedCertRevocationList::from_der(der.as_ref()).map(webpki::CertRevocationList::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| Error::InvalidCertificate(format!("CRL: {err}")))?;
+        Ok(Self { anchors, crls, pins: pins.to_vec(), algorithms })
+    }
+
+    /// Checks `end_entity` and `intermediates` at `now`: a path to a configured root whose signatures verify, every
+    /// certificate on it within its validity period, `usage` on the leaf, revocation against the CRLs (a stale CRL
+    /// refused; a certificate no CRL covers refused or allowed by `unknown_status`; with no CRL configured, none
+    /// checked), and a pinned key on the path, an intermediate's or the root's. The pin is checked on each *verified*
+    /// path (webpki's `verify_path` callback; refusing one makes webpki look for another), so a leaf of another
+    /// intermediate under the same root is refused even when the chain carries the pinned intermediate too.
+    pub(crate) fn verify_path(
+        &self,
+        end_entity: &webpki::EndEntityCert<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+        unknown_status: webpki::UnknownStatusPolicy,
+    ) -> Result<(), PathRefusal> {
+        let unpinned = Cell::new(false);
+        let check_pin = |path: &webpki::VerifiedPath<'_>| {
+            let pinned = path.intermediate_certificates().any(|cert| self.is_pinned(&cert.subject_public_key_info()))
+                || self.is_pinned(&webpki::spki_for_anchor(path.anchor()));
+            if pinned {
+                Ok(())
+            } else {
+                unpinned.set(true);
+                Err(webpki::Error::UnknownIssuer)
+            }
+        };
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        // `RevocationOptionsBuilder::new` fails only on an empty list: no CRL configured, no revocation check.
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls).ok().map(|builder| {
+            builder
+                .with_depth(webpki::RevocationCheckDepth::Chain)
+                .with_status_policy(unknown_status)
+                .with_expiration_policy(webpki::ExpirationPolicy::Enforce)
+                .build()
+        });
+        let verified = end_entity.verify_for_usage(
+            self.algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            revocation,
+            Some(&check_pin),
+        );
+        match verified {
+            Ok(_) => Ok(()),
+            Err(error) => Err(PathRefusal { error, unpinned: unpinned.get() }),
+        }
+    }
+
+    fn is_pinned(&self, spki_der: &[u8]) -> bool {
+        self.pins.contains(&SpkiPin::of_spki(spki_der))
+    }
+}
+
+impl fmt::Debug for PinnedTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedTrust")
             .field("roots", &self.anchors.len())
-            .field("crls", &self.crl_info)
+            .field("crls", &self.crls.len())
             .field("pins", &self.pins)
             .finish()
     }
@@ -250,7 +309,7 @@ impl Refusal<'_> {
             host: host.clone(),
             cert: Box::new(leaf.clone()),
             issuer_spki: issuer.map_or_else(|| "(issuer not presented)".to_owned(), |p| p.info.spki_sha256.to_string()),
-            pins: self.verifier.pins.iter().map(SpkiPin::to_string).collect::<Vec<_>>().join(", "),
+            pins: self.verifier.trust.pins.iter().map(SpkiPin::to_string).collect::<Vec<_>>().join(", "),
         };
         if pin_refused {
             // A complete, valid path to a root existed, but none through a pinned key.
@@ -271,7 +330,7 @@ impl Refusal<'_> {
             },
             webpki::Error::CertRevoked => Error::Revoked {
                 cert: which(&|p| {
-                    self.verifier.crls.iter().any(|crl| matches!(crl.find_serial(&p.serial_raw), Ok(Some(_))))
+                    self.verifier.trust.crls.iter().any(|crl| matches!(crl.find_serial(&p.serial_raw), Ok(Some(_))))
                 }),
                 host,
             },
@@ -286,7 +345,9 @@ impl Refusal<'_> {
             webpki::Error::UnknownIssuer => match leaf_issuer {
                 // The server sent an issuer that is not pinned and does not chain to our root: an unexpected issuer,
                 // such as a TLS-inspecting proxy's CA or another CA the machine trusts.
-                Some(issuer) if !self.verifier.pins.contains(&issuer.info.spki_sha256) => pin_mismatch(Some(issuer)),
+                Some(issuer) if !self.verifier.trust.pins.contains(&issuer.info.spki_sha256) => {
+                    pin_mismatch(Some(issuer))
+                }
                 // The issuer is missing from the chain, or pinned but not under the configured root.
                 _ => Error::UnknownIssuer { host, cert: Box::new(leaf.clone()) },
             },
