@@ -163,10 +163,14 @@ impl Running {
         let limit = duration(self.app.config.limits.shutdown_timeout);
         tracing::info!("shutting down: no new connections; waiting for requests in progress");
         self.stop.cancel();
-        drop(self.https);
+        // HTTPS connections finish their response in progress and close with a TLS goodbye, idle ones at once.
+        let https = self.https.shutdown(limit);
         self.app.in_flight.close();
         if tokio::time::timeout(limit, self.app.in_flight.wait()).await.is_err() {
             tracing::warn!("HTTPS requests still running after {}s; stopping anyway", limit.as_secs());
+        }
+        if !https.await {
+            tracing::warn!("HTTPS connections still open after {}s; stopping anyway", limit.as_secs());
         }
         if tokio::time::timeout(limit, self.http_task).await.is_err() {
             tracing::warn!("content transfers still running after {}s; stopping anyway", limit.as_secs());

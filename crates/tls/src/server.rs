@@ -15,6 +15,8 @@
 //!   deadline, hyper's header-read deadline and a keep-alive idle timeout. [`serve_http1`] and [`accept_within`] are
 //!   the same bounds for a plain HTTP listener (the content origin of custody-server). What happens to connections
 //!   is counted in [`ServerStats`] and reported to an optional [`EventSink`] (for `/metrics`).
+//! - [`ServerHandle::shutdown`] ends it gracefully: no new connections, responses in progress finished, every
+//!   connection (idle keep-alive ones too) closed with TLS's close_notify.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +40,8 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::pem_error;
 use crate::{Error, Result, SpkiPin};
@@ -135,12 +139,15 @@ pub struct HttpsServer {
     events: Option<EventSink>,
 }
 
-/// A running listener. Dropping it stops accepting and reloading; established connections run on until they close.
+/// A running listener. [`ServerHandle::shutdown`] ends it gracefully; dropping it stops accepting and reloading, and
+/// established connections run on until they close.
 pub struct ServerHandle {
     local_addr: SocketAddr,
     stats: Arc<ServerStats>,
     accept_task: tokio::task::JoinHandle<()>,
     reload_task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    connections: TaskTracker,
 }
 
 /// Counters of a running listener.
@@ -238,15 +245,20 @@ impl HttpsServer {
         let reload_task = tokio::spawn(watch_files(shared.clone(), self.files, self.reload_interval));
         let listener = self.listener;
         let slots = ConnectionSlots::new(self.limits.max_connections);
+        let (stop, connections) = (CancellationToken::new(), TaskTracker::new());
+        let (accepting, tracker) = (stop.clone(), connections.clone());
         let accept_task = tokio::spawn(async move {
             loop {
-                let (tcp, peer, slot) = accept_within(&listener, &slots, shared.events.as_ref()).await;
+                let (tcp, peer, slot) = tokio::select! {
+                    () = accepting.cancelled() => break,
+                    accepted = accept_within(&listener, &slots, shared.events.as_ref()) => accepted,
+                };
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                let (shared, service) = (shared.clone(), service.clone());
-                tokio::spawn(async move {
+                let (shared, service, stop) = (shared.clone(), service.clone(), accepting.clone());
+                tracker.spawn(async move {
                     shared.stats.open.fetch_add(1, Ordering::Relaxed);
                     shared.emit(ConnectionEvent::Opened);
-                    if let Some(deadline) = shared.serve(tcp, peer, service).await {
+                    if let Some(deadline) = shared.serve(tcp, peer, service, stop.cancelled_owned()).await {
                         shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                         shared.emit(ConnectionEvent::TimedOut(deadline));
                     }
@@ -256,7 +268,7 @@ impl HttpsServer {
                 });
             }
         });
-        Ok(ServerHandle { local_addr, stats, accept_task, reload_task })
+        Ok(ServerHandle { local_addr, stats, accept_task, reload_task, stop, connections })
     }
 }
 
@@ -267,6 +279,18 @@ impl ServerHandle {
 
     pub fn stats(&self) -> &Arc<ServerStats> {
         &self.stats
+    }
+
+    /// Stops accepting (the listening socket is closed when this returns) and ends every connection: a response in
+    /// progress is finished first, an idle keep-alive connection is closed at once, each with TLS's close_notify, so
+    /// that clients see a clean end and not a cut. Waits for them up to `limit`; returns whether all closed in time
+    /// (the rest are left to the caller's exit).
+    pub async fn shutdown(mut self, limit: Duration) -> bool {
+        self.stop.cancel();
+        // The accept loop ends at the cancel, dropping the listener.
+        let _ = (&mut self.accept_task).await;
+        self.connections.close();
+        tokio::time::timeout(limit, self.connections.wait()).await.is_ok()
     }
 }
 
@@ -469,9 +493,15 @@ impl ClientIdentity {
 }
 
 impl Shared {
-    /// One connection: the TLS handshake, then HTTP/1.1 until it closes. Returns the deadline that closed it, if one
-    /// did.
-    async fn serve<S, B>(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr, service: S) -> Option<Deadline>
+    /// One connection: the TLS handshake, then HTTP/1.1 until it closes or `shutdown` resolves. Returns the deadline
+    /// that closed it, if one did.
+    async fn serve<S, B>(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        service: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Option<Deadline>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -514,7 +544,7 @@ impl Shared {
                 service.call(request).await.map(|response| response.map(Either::Left))
             }
         });
-        match serve_http1(TokioIo::new(tls), per_request, &self.limits, std::future::pending()).await {
+        match serve_http1(TokioIo::new(tls), per_request, &self.limits, shutdown).await {
             ConnectionEnd::Closed => None,
             ConnectionEnd::TimedOut(deadline) => {
                 tracing::debug!(%peer, ?deadline, "connection timed out");

@@ -64,6 +64,32 @@ async fn server_reloads_certificate_without_dropping_connections() {
     assert_eq!(server.stats().reloads(), 1);
 }
 
+#[tokio::test]
+async fn shutdown_closes_idle_connections_with_a_tls_goodbye() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (server, _files) = serve(&pki.server_leaf(&pki.service)).await;
+    // One request served, then the connection idles in keep-alive.
+    let config = pki.client_config(&[Pki::pin(&pki.service)], pki.crls());
+    let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.unwrap();
+    let mut tls = config.connector().connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n0\r\n\r\n") {
+        let mut buffer = [0u8; 1024];
+        let read = tls.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "the server closed before answering: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buffer[..read]);
+    }
+
+    let addr = server.local_addr();
+    assert!(server.shutdown(Duration::from_secs(5)).await, "every connection closed in time");
+    // close_notify makes the end of the stream clean; a connection merely dropped reads as an unexpected EOF.
+    let mut rest = Vec::new();
+    assert_eq!(tls.read_to_end(&mut rest).await.unwrap(), 0);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listening socket is closed");
+}
+
 /// The leaf certificate a fresh TLS connection to `server` is given.
 async fn served_certificate(pki: &Pki, server: &custody_tls::ServerHandle) -> CertificateDer<'static> {
     let config = pki.client_config(&[Pki::pin(&pki.service)], pki.crls());
