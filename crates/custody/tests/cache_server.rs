@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use service::{Running, admin, agent, enroll_and_run, publish_os_image, sha256_hex, succeeded};
+use service::{Running, admin, agent, download_all, enroll_and_run, publish_os_image, sha256_hex, succeeded};
 
 const DEVICES: usize = 3;
 const SIZE: usize = 16 << 20;
@@ -148,17 +148,7 @@ fn a_cache_server_fetches_once_for_its_group_and_refuses_unsigned_content() {
     }
     let origin_before = origin_bytes_served(&data, &https);
 
-    // All at once.
-    let downloads: Vec<_> = devices
-        .iter()
-        .cloned()
-        .map(|device| std::thread::spawn(move || agent(&device, &["download", "--json"])))
-        .collect();
-    for download in downloads {
-        let output = download.join().unwrap();
-        let result = succeeded(&output, "download");
-        assert_eq!(result["result"][0]["result"], "downloaded", "{result}");
-    }
+    download_all(&devices);
 
     let expected = sha256_hex(&payload);
     let total = (DEVICES * SIZE) as u64;

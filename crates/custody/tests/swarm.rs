@@ -10,7 +10,7 @@ mod service;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use service::{Running, admin, agent, enroll_and_run, publish_os_image, sha256_hex, succeeded};
+use service::{Running, admin, agent, download_all, enroll_and_run, publish_os_image, sha256_hex, succeeded};
 
 const DEVICES: usize = 8;
 const SIZE: usize = 24 << 20;
@@ -80,17 +80,7 @@ fn eight_agents_share_one_update_mostly_through_peers() {
         assert_eq!(succeeded(&scan, "scan")["result"]["needed"][0]["product"], PRODUCT);
     }
 
-    // All at once.
-    let downloads: Vec<_> = devices
-        .iter()
-        .cloned()
-        .map(|device| std::thread::spawn(move || agent(&device, &["download", "--json"])))
-        .collect();
-    for download in downloads {
-        let output = download.join().unwrap();
-        let result = succeeded(&output, "download");
-        assert_eq!(result["result"][0]["result"], "downloaded", "{result}");
-    }
+    download_all(&devices);
 
     let expected = sha256_hex(&payload);
     let (mut from_http, mut from_peers, mut to_peers) = (0u64, 0u64, 0u64);

@@ -156,6 +156,21 @@ pub fn write_device(data: &Path, dir: &Path, name: &str, os_family: &str, agent:
     device
 }
 
+/// `custody agent download` on every device at once; each must download the one update it needs.
+#[allow(dead_code)]
+pub fn download_all(devices: &[PathBuf]) {
+    let downloads: Vec<_> = devices
+        .iter()
+        .cloned()
+        .map(|device| std::thread::spawn(move || agent(&device, &["download", "--json"])))
+        .collect();
+    for download in downloads {
+        let output = download.join().unwrap();
+        let result = succeeded(&output, "download");
+        assert_eq!(result["result"][0]["result"], "downloaded", "{result}");
+    }
+}
+
 /// `custody agent ARGS --config DEVICE/agent.toml`.
 #[allow(dead_code)]
 pub fn agent(device: &Path, args: &[&str]) -> Output {
