@@ -503,24 +503,25 @@ impl Swarm {
         // everyone waits for the first pieces at the few devices that had them first; the devices that got them
         // next pass them on. Only late requests move: a move of a piece already on its way costs a piece of upload.
         let source = Source::Peer(peer);
-        let mut moves: Vec<(Option<Instant>, u32, u32, PeerId)> = self
-            .in_flight
-            .iter()
-            .filter_map(|&piece| match self.pieces[piece as usize].requests.as_slice() {
-                [Source::Peer(other)]
-                    if *other != peer
-                        && !self.pieces[piece as usize].moved
-                        && may_ask(piece)
-                        && self.is_late(piece, now) =>
-                {
-                    let waiting = self.peers.get(other).is_some_and(|s| s.requests.first() != Some(&piece));
-                    waiting.then(|| (self.pieces[piece as usize].since, self.rank[piece as usize], piece, *other))
-                }
-                _ => None,
-            })
-            .collect();
-        moves.sort_unstable();
-        moves.truncate(room - picked.len());
+        let mut moves: Vec<(Option<Instant>, u32, u32, PeerId)> = Vec::new();
+        if picked.len() < room {
+            moves = (self.in_flight.iter())
+                .filter_map(|&piece| match self.pieces[piece as usize].requests.as_slice() {
+                    [Source::Peer(other)]
+                        if *other != peer
+                            && !self.pieces[piece as usize].moved
+                            && may_ask(piece)
+                            && self.is_late(piece, now) =>
+                    {
+                        let waiting = self.peers.get(other).is_some_and(|s| s.requests.first() != Some(&piece));
+                        waiting.then(|| (self.pieces[piece as usize].since, self.rank[piece as usize], piece, *other))
+                    }
+                    _ => None,
+                })
+                .collect();
+            moves.sort_unstable();
+            moves.truncate(room - picked.len());
+        }
         // In the endgame, an idle peer gets a copy of a late request, one at a time: each copy costs a piece of
         // someone's upload.
         let duplicates = state.requests.iter().filter(|&&piece| self.pieces[piece as usize].requests.len() > 1).count();
